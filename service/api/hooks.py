@@ -1,0 +1,49 @@
+"""POST /cds-services/{id}: the hook call."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Response, current_app
+
+from service.api.common import evaluator, today
+from service.api.discovery import SERVICE_HOOKS
+from service.cdshooks.envelope import parse_hook_request
+from service.cdshooks.prefetch import check_required, read_prefetch
+from service.errors import NotFound
+from service.web import json_response, read_json_body
+
+bp = Blueprint("hooks", __name__)
+log = logging.getLogger("twitch_cds.hooks")
+
+
+@bp.post("/cds-services/<service_id>")
+def call(service_id: str) -> Response:
+    """Validate the envelope, read prefetch (412 when required data is missing), answer cards."""
+    if service_id != current_app.config["SERVICE_ID"]:
+        raise NotFound.single(f"no CDS service {service_id!r}; see GET /cds-services", None)
+    started = time.perf_counter()
+    hook_request = parse_hook_request(read_json_body(), SERVICE_HOOKS)
+    content = read_prefetch(hook_request.prefetch)
+    check_required(content, hook_request.prefetch)
+    engine = evaluator()
+    intake = engine.intake(content.resources)
+    patient_ref = f"Patient/{hook_request.patient_id}"
+    outcome = engine.run(
+        intake,
+        {patient_ref},
+        patient_ref,
+        today(),
+        drafts=hook_request.draft_orders,
+        notes=content.notes,
+    )
+    # Logged without patient data: the hook instance, the rules that fired, the time taken.
+    log.info(
+        "hook=%s instance=%s fired=%s ms=%.1f",
+        hook_request.hook,
+        hook_request.hook_instance,
+        ",".join(outcome.fired) or "-",
+        (time.perf_counter() - started) * 1000,
+    )
+    return json_response({"cards": outcome.cards})

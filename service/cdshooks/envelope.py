@@ -1,0 +1,133 @@
+"""The CDS Hooks 2.0 request envelope, validated once with marshmallow at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from service.errors import BadRequest, Issue
+
+FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"
+USER_REF = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-\.]{1,64}$"
+SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
+
+
+class FhirAuthorizationSchema(Schema):
+    """fhirAuthorization: an OAuth 2.0 bearer token for fhirServer (CDS Hooks 2.0 §Passing the Access Token)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    access_token = fields.String(required=True, validate=validate.Length(min=1))
+    token_type = fields.String(required=True, validate=validate.OneOf(["Bearer"]))
+    expires_in = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
+    scope = fields.String(required=True, validate=validate.Length(min=1))
+    subject = fields.String(required=True, validate=validate.Length(min=1))
+    patient = fields.String(validate=validate.Regexp(FHIR_ID))
+
+
+class ContextSchema(Schema):
+    """The hook context; each hook adds its own fields (checked in HookRequestSchema)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    userId = fields.String(required=True, validate=validate.Regexp(USER_REF))  # noqa: N815
+    patientId = fields.String(required=True, validate=validate.Regexp(FHIR_ID))  # noqa: N815
+    encounterId = fields.String(validate=validate.Regexp(FHIR_ID))  # noqa: N815
+    selections = fields.List(fields.String())
+    draftOrders = fields.Dict()  # noqa: N815
+
+
+class HookRequestSchema(Schema):
+    """The whole hook request body."""
+
+    class Meta:
+        unknown = EXCLUDE  # forward compatible: unknown top-level members are ignored
+
+    hook = fields.String(required=True, validate=validate.Length(min=1))
+    hookInstance = fields.UUID(required=True)  # noqa: N815
+    fhirServer = fields.Url(require_tld=False, schemes={"http", "https"})  # noqa: N815
+    fhirAuthorization = fields.Nested(FhirAuthorizationSchema, allow_none=True)  # noqa: N815
+    context = fields.Nested(ContextSchema, required=True)
+    prefetch = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))
+    extension = fields.Dict()
+
+    @validates_schema
+    def _hook_context(self, data: dict[str, Any], **_: Any) -> None:
+        hook = data.get("hook")
+        context = data.get("context") or {}
+        if hook in ("order-select", "order-sign"):
+            drafts = context.get("draftOrders")
+            if not isinstance(drafts, dict) or drafts.get("resourceType") != "Bundle":
+                raise ValidationError(
+                    {"context": {"draftOrders": [f"{hook} requires draftOrders, a FHIR Bundle"]}}
+                )
+        for key, value in (data.get("prefetch") or {}).items():
+            if value is not None and not (isinstance(value, dict) and "resourceType" in value):
+                raise ValidationError(
+                    {"prefetch": {key: ["must be a FHIR resource (with resourceType) or null"]}}
+                )
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """A validated hook call, as plain data."""
+
+    hook: str
+    hook_instance: str
+    patient_id: str
+    user_id: str
+    prefetch: dict[str, Any]
+    draft_orders: list[dict[str, Any]]
+    fhir_server: str | None
+    has_authorization: bool
+
+
+def _flatten(messages: Any, path: str) -> list[Issue]:
+    if isinstance(messages, dict):
+        out: list[Issue] = []
+        for key, value in messages.items():
+            child = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+            out.extend(_flatten(value, child))
+        return out
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [Issue(f"{path}: {m}", path or None, code="structure") for m in messages]
+    if isinstance(messages, list):
+        return [i for m in messages for i in _flatten(m, path)]
+    return [Issue(f"{path}: {messages}", path or None, code="structure")]
+
+
+_SCHEMA = HookRequestSchema()
+
+
+def parse_hook_request(body: Any, service_hooks: tuple[str, ...]) -> HookRequest:
+    """Validate the envelope; every problem becomes an issue with its path (400)."""
+    if not isinstance(body, dict):
+        raise BadRequest.single("the request body must be a JSON object", None)
+    try:
+        data = _SCHEMA.load(body)
+    except ValidationError as exc:
+        raise BadRequest(_flatten(exc.messages, "")) from exc
+    if data["hook"] not in service_hooks:
+        raise BadRequest.single(
+            f"this service answers {', '.join(service_hooks)}, not {data['hook']!r}", "hook"
+        )
+    context = data["context"]
+    drafts = [
+        e["resource"]
+        for e in (context.get("draftOrders") or {}).get("entry") or ()
+        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
+    return HookRequest(
+        hook=data["hook"],
+        hook_instance=str(data["hookInstance"]),
+        patient_id=context["patientId"],
+        user_id=context["userId"],
+        prefetch=data.get("prefetch") or {},
+        draft_orders=drafts,
+        fhir_server=data.get("fhirServer"),
+        has_authorization=data.get("fhirAuthorization") is not None,
+    )

@@ -1,0 +1,108 @@
+"""Prefetch: the templates discovery advertises, and reading whatever shape the EHR sent back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.engine.reference import LOINC, ReferenceData
+from service.errors import Issue, MissingData
+from service.fhir.intake import SLEEP_DURATION_LOINC, Located
+
+# prefetch key -> the resource type it brings; the first three are required to evaluate.
+KEY_TYPES = {
+    "patient": "Patient",
+    "observations": "Observation",
+    "questionnaireResponses": "QuestionnaireResponse",
+    "conditions": "Condition",
+    "serviceRequests": "ServiceRequest",
+}
+REQUIRED_KEYS = ("patient", "observations", "questionnaireResponses")
+
+
+def prefetch_templates(reference: ReferenceData) -> dict[str, str]:
+    """Templates asking for exactly what the rules read."""
+    lab_codes = [f"{LOINC}|{code}" for a in reference.analytes.values() for code in a.loinc]
+    finding_codes = [f"{c.system}|{c.code}" for codes in reference.findings.values() for c in codes]
+    observation_codes = ",".join([*lab_codes, f"{LOINC}|{SLEEP_DURATION_LOINC}", *finding_codes])
+    return {
+        "patient": "Patient/{{context.patientId}}",
+        "observations": f"Observation?patient={{{{context.patientId}}}}&code={observation_codes}",
+        "questionnaireResponses": (
+            "QuestionnaireResponse?patient={{context.patientId}}&status=completed,amended,in-progress"
+        ),
+        "conditions": f"Condition?patient={{{{context.patientId}}}}&code={','.join(finding_codes)}",
+        "serviceRequests": "ServiceRequest?patient={{context.patientId}}&status=active,on-hold,draft",
+    }
+
+
+@dataclass
+class PrefetchContent:
+    """Every resource found in prefetch, with its path, and what was missing and why."""
+
+    resources: list[Located] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)  # key -> why it is unusable
+    notes: list[Issue] = field(default_factory=list)  # OperationOutcome entries in searchsets
+
+
+def _outcome_text(outcome: dict[str, Any]) -> str:
+    texts = [
+        str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code"))
+        for i in outcome.get("issue") or ()
+        if isinstance(i, dict)
+    ]
+    return "; ".join(texts) or "no details"
+
+
+def read_prefetch(prefetch: dict[str, Any]) -> PrefetchContent:
+    """Accept a searchset (possibly empty or holding OperationOutcomes), a resource, null or an OperationOutcome."""
+    content = PrefetchContent()
+    for key, value in prefetch.items():
+        path = f"prefetch.{key}"
+        if value is None:
+            content.missing[key] = "sent as null: the EHR could not fill the template"
+        elif value.get("resourceType") == "OperationOutcome":
+            content.missing[key] = f"the EHR's prefetch failed: {_outcome_text(value)}"
+        elif value.get("resourceType") == "Bundle":
+            entries = value.get("entry") or []
+            for i, entry in enumerate(entries if isinstance(entries, list) else []):
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(resource, dict):
+                    content.notes.append(
+                        Issue("Bundle entry without a resource", f"{path}.entry[{i}]", "warning")
+                    )
+                elif resource.get("resourceType") == "OperationOutcome":
+                    content.notes.append(
+                        Issue(
+                            f"the EHR reported: {_outcome_text(resource)}",
+                            f"{path}.entry[{i}].resource",
+                            "warning",
+                            "incomplete",
+                        )
+                    )
+                else:
+                    content.resources.append(Located(resource, f"{path}.entry[{i}].resource"))
+        else:
+            content.resources.append(Located(value, path))
+    return content
+
+
+def check_required(content: PrefetchContent, prefetch: dict[str, Any]) -> None:
+    """412 when required data is neither in prefetch nor (yet) obtainable from the FHIR server."""
+    present_types = {r.resource.get("resourceType") for r in content.resources}
+    issues: list[Issue] = []
+    for key in REQUIRED_KEYS:
+        usable = key in prefetch and key not in content.missing
+        if usable or KEY_TYPES[key] in present_types:
+            continue
+        why = content.missing.get(key, "not sent")
+        issues.append(
+            Issue(
+                f"prefetch.{key} ({KEY_TYPES[key]}) is {why}; this service cannot fetch it from"
+                " fhirServer, so it cannot evaluate the rules",
+                f"prefetch.{key}",
+                code="not-found",
+            )
+        )
+    if issues:
+        raise MissingData(issues)

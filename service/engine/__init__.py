@@ -1,0 +1,1 @@
+"""The rule engine: reference data, conditions over named facts, rules and their evaluation."""

@@ -1,0 +1,231 @@
+"""Reference data the rules stand on (rules/reference/*.yaml), loaded into typed, frozen records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+CPT = "http://www.ama-assn.org/go/cpt"
+UCUM = "http://unitsofmeasure.org"
+KNOWN_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, CPT, "local"})
+
+
+class ReferenceDataError(ValueError):
+    """Reference data that is missing or inconsistent: the service refuses to start."""
+
+
+@dataclass(frozen=True)
+class Coding:
+    """A code from a known system; `local` codes are expanded to the service's own CodeSystem."""
+
+    system: str
+    code: str
+    display: str = ""
+
+    def key(self) -> tuple[str, str]:
+        """Identity used for matching (system, code)."""
+        return (self.system, self.code)
+
+
+@dataclass(frozen=True)
+class QuestionItem:
+    """One answerable item of the twitching-assessment Questionnaire."""
+
+    link_id: str
+    type: str
+    text: str
+    label: str
+    group: str
+    repeats: bool = False
+    options: tuple[str, ...] = ()
+    code: Coding | None = None
+
+
+@dataclass(frozen=True)
+class Range:
+    """An adult reference range in the analyte's canonical unit (either bound may be open)."""
+
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class Analyte:
+    """A lab analyte recognised by any of its LOINC codes."""
+
+    id: str
+    display: str
+    loinc: dict[str, str]
+    unit: str
+    unit_factors: dict[str, float]
+    ranges: dict[str, Range]  # "any", "male", "female"
+    range_source: str
+    lookback_days: int
+
+    def default_range(self, sex: str | None) -> Range | None:
+        """The example-lab range for this sex, or the sex-neutral one."""
+        if sex in self.ranges:
+            return self.ranges[sex]
+        return self.ranges.get("any")
+
+
+@dataclass(frozen=True)
+class Orderable:
+    """An order or referral the rules may suggest as a ServiceRequest draft."""
+
+    id: str
+    label: str
+    category: str
+    code: Coding
+    matches: tuple[Coding, ...]
+    covered_by_results: tuple[str, ...]
+
+    def all_codes(self) -> frozenset[tuple[str, str]]:
+        """Every (system, code) that counts as this order."""
+        return frozenset({self.code.key(), *(c.key() for c in self.matches)})
+
+
+@dataclass(frozen=True)
+class Source:
+    """A citable source: a seed article or a guideline."""
+
+    id: str
+    label: str
+    url: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Questionnaire:
+    """The twitching-assessment Questionnaire's metadata and items."""
+
+    id: str
+    version: str
+    name: str
+    title: str
+    description: str
+    groups: tuple[tuple[str, str], ...]  # (linkId, text)
+    items: dict[str, QuestionItem]
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """All reference tables, cross-checked."""
+
+    questionnaire: Questionnaire
+    analytes: dict[str, Analyte]
+    orderables: dict[str, Orderable]
+    findings: dict[str, tuple[Coding, ...]]
+    sources: dict[str, Source]
+
+    def analyte_by_loinc(self) -> dict[str, Analyte]:
+        """Map every recognised LOINC code to its analyte."""
+        return {code: a for a in self.analytes.values() for code in a.loinc}
+
+
+def _coding(raw: Any, where: str) -> Coding:
+    if not isinstance(raw, dict) or "system" not in raw or "code" not in raw:
+        raise ReferenceDataError(f"{where}: a coding needs system and code")
+    system = str(raw["system"])
+    if system not in KNOWN_SYSTEMS:
+        raise ReferenceDataError(f"{where}: unknown code system {system!r}")
+    return Coding(system, str(raw["code"]), str(raw.get("display", "")))
+
+
+def _read(folder: Path, name: str) -> Any:
+    path = folder / name
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReferenceDataError(f"{path}: {exc}") from exc
+
+
+def _questionnaire(raw: dict[str, Any]) -> Questionnaire:
+    items: dict[str, QuestionItem] = {}
+    groups: list[tuple[str, str]] = []
+    for group in raw["groups"]:
+        groups.append((group["linkId"], group["text"]))
+        for item in group["items"]:
+            link_id = item["linkId"]
+            if link_id in items:
+                raise ReferenceDataError(f"questionnaire: duplicate linkId {link_id!r}")
+            code = item.get("code")
+            items[link_id] = QuestionItem(
+                link_id=link_id,
+                type=item["type"],
+                text=item["text"],
+                label=item["label"],
+                group=group["linkId"],
+                repeats=bool(item.get("repeats", False)),
+                options=tuple(item.get("options", ())),
+                code=_coding(code, f"questionnaire {link_id}") if code else None,
+            )
+    return Questionnaire(
+        id=raw["id"],
+        version=str(raw["version"]),
+        name=raw["name"],
+        title=raw["title"],
+        description=raw["description"],
+        groups=tuple(groups),
+        items=items,
+    )
+
+
+def _analyte(analyte_id: str, raw: dict[str, Any]) -> Analyte:
+    raw_range = dict(raw["range"])
+    source = str(raw_range.pop("source", ""))
+    ranges: dict[str, Range] = {}
+    if "male" in raw_range or "female" in raw_range:
+        for sex in ("male", "female"):
+            r = raw_range[sex]
+            ranges[sex] = Range(r.get("low"), r.get("high"))
+    else:
+        ranges["any"] = Range(raw_range.get("low"), raw_range.get("high"))
+    factors = {str(unit): float(f) for unit, f in raw["units"].items()}
+    if raw["unit"] not in factors:
+        raise ReferenceDataError(f"labs {analyte_id}: canonical unit missing from units")
+    return Analyte(
+        id=analyte_id,
+        display=raw["display"],
+        loinc={str(k): str(v) for k, v in raw["loinc"].items()},
+        unit=raw["unit"],
+        unit_factors=factors,
+        ranges=ranges,
+        range_source=source,
+        lookback_days=int(raw["lookback_days"]),
+    )
+
+
+def load_reference(folder: Path) -> ReferenceData:
+    """Load and cross-check every reference table in `folder`."""
+    questionnaire = _questionnaire(_read(folder, "questionnaire.yaml"))
+    analytes = {k: _analyte(k, v) for k, v in _read(folder, "labs.yaml").items()}
+    orderables: dict[str, Orderable] = {}
+    for order_id, raw in _read(folder, "orders.yaml").items():
+        covered = tuple(raw.get("covered_by_results", ()))
+        unknown = [a for a in covered if a not in analytes]
+        if unknown:
+            raise ReferenceDataError(f"orders {order_id}: unknown analytes {unknown}")
+        orderables[order_id] = Orderable(
+            id=order_id,
+            label=raw["label"],
+            category=raw["category"],
+            code=_coding(raw["code"], f"orders {order_id}"),
+            matches=tuple(_coding(m, f"orders {order_id}") for m in raw.get("matches", ())),
+            covered_by_results=covered,
+        )
+    findings = {
+        fact: tuple(_coding(c, f"findings {fact}") for c in codes)
+        for fact, codes in _read(folder, "findings.yaml").items()
+    }
+    sources = {
+        sid: Source(sid, raw["label"], raw.get("url"), raw.get("file"))
+        for sid, raw in _read(folder, "sources.yaml").items()
+    }
+    return ReferenceData(questionnaire, analytes, orderables, findings, sources)

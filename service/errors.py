@@ -1,0 +1,105 @@
+"""The service's one exception tree, rendered as FHIR OperationOutcome bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One OperationOutcome.issue: what went wrong and where (FHIRPath-style expression)."""
+
+    diagnostics: str
+    expression: str | None = None
+    severity: str = "error"
+    code: str = "invalid"
+
+    def to_fhir(self) -> dict[str, Any]:
+        """Render as an OperationOutcome.issue element (no empty values)."""
+        body: dict[str, Any] = {
+            "severity": self.severity,
+            "code": self.code,
+            "diagnostics": self.diagnostics,
+        }
+        if self.expression:
+            body["expression"] = [self.expression]
+        return body
+
+
+def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
+    """Build an OperationOutcome resource from issues."""
+    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
+
+
+@dataclass
+class ServiceError(Exception):
+    """Base of every error the service answers with; subclasses fix status and issue code."""
+
+    issues: list[Issue] = field(default_factory=list)
+    status: ClassVar[int] = 500
+    issue_code: ClassVar[str] = "exception"
+
+    @classmethod
+    def single(cls, diagnostics: str, expression: str | None = None) -> ServiceError:
+        """Build the error from one problem."""
+        return cls([Issue(diagnostics, expression, code=cls.issue_code)])
+
+    def __str__(self) -> str:
+        return "; ".join(i.diagnostics for i in self.issues)
+
+
+class BadRequest(ServiceError):
+    """Malformed JSON or a CDS Hooks envelope that breaks the spec (400)."""
+
+    status = 400
+    issue_code = "invalid"
+
+
+class NotFound(ServiceError):
+    """Unknown service or resource (404)."""
+
+    status = 404
+    issue_code = "not-found"
+
+
+class MethodNotAllowed(ServiceError):
+    """The route exists but not for this HTTP method (405)."""
+
+    status = 405
+    issue_code = "not-supported"
+
+
+class MissingData(ServiceError):
+    """Data the rules need is neither in prefetch nor obtainable (412, per CDS Hooks)."""
+
+    status = 412
+    issue_code = "not-found"
+
+
+class PayloadTooLarge(ServiceError):
+    """Body over the configured limit (413)."""
+
+    status = 413
+    issue_code = "too-costly"
+
+
+class UnsupportedMediaType(ServiceError):
+    """Body not sent as application/json or application/fhir+json (415)."""
+
+    status = 415
+    issue_code = "not-supported"
+
+
+class InvalidFhir(ServiceError):
+    """A FHIR payload that is well-formed JSON but not valid FHIR R4 (422)."""
+
+    status = 422
+    issue_code = "invalid"
+
+
+class InternalError(ServiceError):
+    """A genuine bug: reported without details that could hold patient data (500)."""
+
+    status = 500
+    issue_code = "exception"

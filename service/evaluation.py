@@ -1,0 +1,92 @@
+"""One evaluation from located FHIR resources to cards: intake, facts, rules, cards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from service.cdshooks.cards import CardRenderer
+from service.engine.evaluate import evaluate
+from service.engine.ruleset import RuleSet
+from service.errors import InvalidFhir, Issue, MissingData
+from service.facts.extract import FactExtractor
+from service.fhir.intake import Intake, Located, Selector, take_in
+from service.fhir.questionnaire import questionnaire_url
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The cards of one evaluation and the ids of the rules that fired (for logs and audit)."""
+
+    cards: list[dict[str, Any]]
+    fired: list[str]
+
+
+def _subject_ref(resource: Any) -> str | None:
+    subject = getattr(resource, "subject", None)
+    return subject.reference if subject is not None and subject.reference else None
+
+
+class Evaluator:
+    """Holds everything built once per worker: the rule set, selector, extractor and renderer."""
+
+    def __init__(self, ruleset: RuleSet, canonical_base: str, service_title: str) -> None:
+        self.ruleset = ruleset
+        self.selector = Selector(ruleset.reference)
+        self.extractor = FactExtractor(
+            ruleset.reference, questionnaire_url(canonical_base, ruleset.reference.questionnaire)
+        )
+        self.renderer = CardRenderer(ruleset.reference, canonical_base, service_title)
+
+    def intake(self, resources: list[Located]) -> Intake:
+        """Select and validate the resources the rules read."""
+        return take_in(resources, self.selector)
+
+    def run(
+        self,
+        intake: Intake,
+        patient_refs: set[str],
+        patient_ref: str,
+        today: date,
+        drafts: list[dict[str, Any]] | None = None,
+        notes: list[Issue] | None = None,
+    ) -> Outcome:
+        """Evaluate the rules for the one patient named by `patient_refs`."""
+        patients = [(p, path) for p, path in intake.patients if f"Patient/{p.id}" in patient_refs]
+        if not patients:
+            invalid_patient = [i for i in intake.problems if "Patient" in i.diagnostics]
+            if invalid_patient:
+                raise InvalidFhir(invalid_patient)
+            raise MissingData.single("no Patient resource for this patient was provided", None)
+        patient = patients[0][0]
+        self._drop_other_subjects(intake, patient_refs)
+        facts = self.extractor.extract(intake, patient, today, drafts)
+        facts.patient_ref = patient_ref
+        facts.problems.extend(notes or ())
+        firings = evaluate(self.ruleset, facts)
+        return Outcome(self.renderer.cards(firings, facts), [f.rule.id for f in firings])
+
+    @staticmethod
+    def _drop_other_subjects(intake: Intake, patient_refs: set[str]) -> None:
+        # Another patient's data must never inform this patient's cards: drop it, and say so.
+        for bucket in (
+            intake.observations,
+            intake.responses,
+            intake.conditions,
+            intake.service_requests,
+        ):
+            kept = []
+            for resource, path in bucket:
+                ref = _subject_ref(resource)
+                if ref is None or ref in patient_refs or any(ref.endswith("/" + p) for p in patient_refs):
+                    kept.append((resource, path))
+                else:
+                    intake.problems.append(
+                        Issue(
+                            f"subject {ref!r} is not this patient; the resource was not used",
+                            f"{path}.subject",
+                            code="business-rule",
+                        )
+                    )
+            bucket[:] = kept

@@ -1,0 +1,1 @@
+"""Plain typed facts about one patient, extracted from validated FHIR resources."""

@@ -1,0 +1,404 @@
+"""Turn validated FHIR resources into the named facts the rules read."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Any
+
+from service.engine.reference import LOINC, Analyte, Questionnaire, ReferenceData
+from service.errors import Issue
+from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
+from service.fhir.intake import SLEEP_DURATION_LOINC, Intake
+
+LAB_STATUSES = frozenset({"final", "amended", "corrected"})
+RESPONSE_STATUSES = frozenset({"completed", "amended", "in-progress"})
+ACTIVE_ORDER_STATUSES = frozenset({"draft", "active", "on-hold"})
+INACTIVE_CONDITION = frozenset({"inactive", "remission", "resolved"})
+UNCONFIRMED = frozenset({"refuted", "entered-in-error"})
+OBS_FINDING_STATUSES = frozenset({"preliminary", "final", "amended", "corrected"})
+INTERPRETATION_LOW = frozenset({"L", "LL", "LU"})
+INTERPRETATION_HIGH = frozenset({"H", "HH", "HU"})
+BODY_REGIONS = {
+    "thigh": "leg", "calf": "leg", "foot": "leg",
+    "arm": "arm", "hand": "arm",
+    "face": "head", "eyelid": "head", "tongue": "head",
+    "trunk": "trunk",
+}  # fmt: skip
+
+
+def _as_date(value: Any) -> date | None:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and len(value) >= 4:
+        # FHIR partial dates ("2024", "2024-05") count from their first day.
+        parts = [*value[:10].split("-"), "01", "01"][:3]
+        try:
+            return date(int(parts[0]), int(parts[1]), int(parts[2]))
+        except ValueError:
+            return None
+    return None
+
+
+def _ref(resource: Any) -> str:
+    rid = getattr(resource, "id", None)
+    return f"{resource.get_resource_type()}/{rid}" if rid else f"{resource.get_resource_type()} (no id)"
+
+
+def _codes(concept: Any) -> Iterator[tuple[str, str]]:
+    for coding in (getattr(concept, "coding", None) or ()) if concept else ():
+        if coding.system and coding.code:
+            yield (coding.system, coding.code)
+
+
+def _fmt_number(value: float) -> str:
+    return f"{value:g}"
+
+
+class FactBuilder:
+    """Collects evidence per fact from every source, then merges it (true wins, with all sources)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[tuple[FactValue, Evidence]]] = defaultdict(list)
+
+    def add(self, name: str, value: FactValue, evidence: Evidence) -> None:
+        """Record one observed value of a fact."""
+        self._values[name].append((value, evidence))
+
+    def has(self, name: str) -> bool:
+        """Whether any source gave this fact."""
+        return name in self._values
+
+    def build(self) -> dict[str, Fact]:
+        """Merge: for booleans any true source makes it true; otherwise the first source wins."""
+        facts: dict[str, Fact] = {}
+        for name, entries in self._values.items():
+            values = [v for v, _ in entries]
+            if all(isinstance(v, bool) for v in values):
+                truth = any(values)
+                evidence = tuple(e for v, e in entries if v is truth)
+                facts[name] = Fact(name, truth, evidence)
+            else:
+                value, evidence0 = entries[0]
+                facts[name] = Fact(name, value, (evidence0,))
+        return facts
+
+
+class FactExtractor:
+    """Reads answers, coded findings, labs and orders into PatientFacts."""
+
+    def __init__(self, reference: ReferenceData, questionnaire_url: str) -> None:
+        self.reference = reference
+        self.questionnaire: Questionnaire = reference.questionnaire
+        self.questionnaire_url = questionnaire_url
+        self.analytes = reference.analyte_by_loinc()
+        self.finding_facts: dict[tuple[str, str], str] = {
+            c.key(): fact for fact, codes in reference.findings.items() for c in codes
+        }
+
+    # -- questionnaire answers -------------------------------------------------------------
+    def _is_ours(self, response: Any) -> bool:
+        canonical = response.questionnaire
+        # Responses that name no questionnaire are read by linkId; another form's are not ours.
+        return canonical is None or canonical.split("|")[0] == self.questionnaire_url
+
+    def _pick_response(self, intake: Intake) -> tuple[Any, str] | None:
+        usable = [
+            (r, p) for r, p in intake.responses if r.status in RESPONSE_STATUSES and self._is_ours(r)
+        ]
+        if not usable:
+            return None
+
+        def authored(entry: tuple[Any, str]) -> str:
+            r = entry[0]
+            stamp = r.authored or (r.meta.lastUpdated if r.meta else None)
+            return stamp.isoformat() if stamp else ""
+
+        return max(usable, key=authored)
+
+    def _walk(self, items: Any, path: str) -> Iterator[tuple[Any, str]]:
+        for i, item in enumerate(items or ()):
+            item_path = f"{path}.item[{i}]"
+            yield item, item_path
+            yield from self._walk(item.item, item_path)
+            for j, answer in enumerate(item.answer or ()):
+                yield from self._walk(answer.item, f"{item_path}.answer[{j}]")
+
+    def _answer_value(self, link_id: str, answers: list[Any], path: str) -> FactValue | Issue:
+        spec = self.questionnaire.items[link_id]
+        values: list[Any] = []
+        for answer in answers:
+            if spec.type == "boolean":
+                values.append(answer.valueBoolean)
+            elif spec.type in ("integer", "decimal"):
+                raw = answer.valueDecimal if answer.valueDecimal is not None else answer.valueInteger
+                values.append(None if raw is None else float(raw))
+            elif spec.type == "choice":
+                coding = answer.valueCoding
+                values.append(coding.code if coding else answer.valueString)
+            else:
+                values.append(answer.valueString)
+        if any(v is None for v in values):
+            return Issue(f"item {link_id!r} expects a {spec.type} answer", f"{path}.answer")
+        if spec.type == "choice":
+            bad = [v for v in values if v not in spec.options]
+            if bad:
+                return Issue(
+                    f"item {link_id!r}: {bad[0]!r} is not one of {list(spec.options)}",
+                    f"{path}.answer",
+                )
+            return tuple(values) if spec.repeats else str(values[0])
+        if len(values) > 1:
+            return Issue(f"item {link_id!r} takes one answer, got {len(values)}", f"{path}.answer")
+        value: FactValue = values[0]
+        return value
+
+    def _read_answers(self, intake: Intake, builder: FactBuilder, problems: list[Issue]) -> None:
+        picked = self._pick_response(intake)
+        if picked is None:
+            return
+        response, path = picked
+        ref = _ref(response)
+        when = _as_date(response.authored)
+        when_text = when.isoformat() if when else None
+        builder.add(
+            "twitching",
+            True,
+            Evidence("Twitching assessment", "completed", ref, when_text, context=True),
+        )
+        for item, item_path in self._walk(response.item, path):
+            if item.linkId not in self.questionnaire.items or not item.answer:
+                continue  # unanswered: unknown, never "no"
+            value = self._answer_value(item.linkId, item.answer, item_path)
+            if isinstance(value, Issue):
+                problems.append(value)
+                continue
+            spec = self.questionnaire.items[item.linkId]
+            shown = (
+                ("yes" if value else "no")
+                if isinstance(value, bool)
+                else ", ".join(value)
+                if isinstance(value, tuple)
+                else _fmt_number(value)
+                if isinstance(value, float)
+                else str(value)
+            )
+            builder.add(item.linkId, value, Evidence(spec.label, shown, ref, when_text))
+
+    # -- coded findings ----------------------------------------------------------------------
+    def _read_findings(self, intake: Intake, builder: FactBuilder) -> None:
+        for condition, _ in intake.conditions:
+            clinical = {c for _, c in _codes(condition.clinicalStatus)}
+            verification = {c for _, c in _codes(condition.verificationStatus)}
+            if clinical & INACTIVE_CONDITION or verification & UNCONFIRMED:
+                continue
+            when = _as_date(condition.onsetDateTime or condition.recordedDate)
+            for key in _codes(condition.code):
+                fact = self.finding_facts.get(key)
+                if fact:
+                    builder.add(
+                        fact,
+                        True,
+                        Evidence(
+                            self._finding_label(key),
+                            "on the problem list",
+                            _ref(condition),
+                            when.isoformat() if when else None,
+                        ),
+                    )
+        for obs, _ in intake.observations:
+            if obs.status not in OBS_FINDING_STATUSES:
+                continue
+            keys = [*_codes(obs.code), *_codes(obs.valueCodeableConcept)]
+            when = self._effective(obs)
+            for key in keys:
+                fact = self.finding_facts.get(key)
+                if not fact:
+                    continue
+                present = obs.valueBoolean if obs.valueBoolean is not None else True
+                builder.add(
+                    fact,
+                    present,
+                    Evidence(
+                        self._finding_label(key),
+                        "present" if present else "absent",
+                        _ref(obs),
+                        when.isoformat() if when else None,
+                    ),
+                )
+
+    def _finding_label(self, key: tuple[str, str]) -> str:
+        fact = self.finding_facts[key]
+        coding = next(c for c in self.reference.findings[fact] if c.key() == key)
+        return f"{coding.display} ({key[1]})"
+
+    # -- labs --------------------------------------------------------------------------------
+    @staticmethod
+    def _effective(obs: Any) -> date | None:
+        period_end = obs.effectivePeriod.end or obs.effectivePeriod.start if obs.effectivePeriod else None
+        return _as_date(obs.effectiveDateTime or obs.effectiveInstant or period_end or obs.issued)
+
+    def _convert(self, analyte: Analyte, value: float, unit: str | None) -> float | None:
+        if unit is None:
+            return None
+        factor = analyte.unit_factors.get(unit)
+        return None if factor is None else value * factor
+
+    def _status(
+        self, obs: Any, analyte: Analyte, value: float, sex: str | None
+    ) -> tuple[str, str]:
+        unit = analyte.unit
+        interp = {c for _, c in (k for concept in obs.interpretation or () for k in _codes(concept))}
+        ranges = obs.referenceRange or ()
+        low = high = None
+        whose = ""
+        if ranges:
+            rr = ranges[0]
+            low = self._range_bound(analyte, rr.low)
+            high = self._range_bound(analyte, rr.high)
+            whose = "record's range"
+        if low is None and high is None:
+            default = analyte.default_range(sex)
+            if default is not None:
+                low, high = default.low, default.high
+                whose = analyte.range_source
+        bounds = f"{_fmt_number(low) if low is not None else ''}–{_fmt_number(high) if high is not None else ''}"
+        range_text = f"{bounds} {unit}, {whose}" if whose else "no range"
+        if interp & INTERPRETATION_LOW:
+            return "low", f"{range_text}; flagged low by the lab"
+        if interp & INTERPRETATION_HIGH:
+            return "high", f"{range_text}; flagged high by the lab"
+        if interp & {"N"}:
+            return "normal", f"{range_text}; flagged normal by the lab"
+        if low is not None and value < low:
+            return "low", range_text
+        if high is not None and value > high:
+            return "high", range_text
+        if low is None and high is None:
+            return "unknown", range_text
+        return "normal", range_text
+
+    def _range_bound(self, analyte: Analyte, quantity: Any) -> float | None:
+        if quantity is None or quantity.value is None:
+            return None
+        unit = quantity.code or quantity.unit or analyte.unit
+        return self._convert(analyte, float(quantity.value), unit)
+
+    def _read_labs(
+        self, intake: Intake, facts: PatientFacts, builder: FactBuilder, sex: str | None
+    ) -> None:
+        latest: dict[str, tuple[date | None, LabResult]] = {}
+        for obs, path in intake.observations:
+            loinc = next((c for s, c in _codes(obs.code) if s == LOINC), None)
+            if loinc == SLEEP_DURATION_LOINC:
+                self._read_sleep(obs, builder)
+                continue
+            analyte = self.analytes.get(loinc) if loinc else None
+            if analyte is None or obs.status not in LAB_STATUSES:
+                continue  # entered-in-error, cancelled and preliminary results are not used
+            quantity = obs.valueQuantity
+            if quantity is None or quantity.value is None:
+                continue  # e.g. dataAbsentReason: no value to judge
+            unit = quantity.code or quantity.unit
+            value = self._convert(analyte, float(quantity.value), unit)
+            if value is None:
+                facts.problems.append(
+                    Issue(
+                        f"{analyte.display}: unit {unit!r} is not one this service converts"
+                        f" (accepted UCUM: {sorted(analyte.unit_factors)}); result not used",
+                        f"{path}.valueQuantity",
+                        severity="warning",
+                        code="code-invalid",
+                    )
+                )
+                continue
+            when = self._effective(obs)
+            status, range_text = self._status(obs, analyte, value, sex)
+            current = when is not None and (facts.today - when).days <= analyte.lookback_days
+            result = LabResult(
+                analyte=analyte.id,
+                display=analyte.display,
+                value=value,
+                unit=analyte.unit,
+                shown_value=f"{_fmt_number(round(float(quantity.value), 2))} {quantity.unit or unit}",
+                effective=when,
+                status=status,
+                range_text=range_text,
+                current=current,
+                lookback_days=analyte.lookback_days,
+                source=_ref(obs),
+            )
+            previous = latest.get(analyte.id)
+            if previous is None or (when or date.min) > (previous[0] or date.min):
+                latest[analyte.id] = (when, result)
+        facts.labs = {k: v for k, (_, v) in latest.items()}
+
+    def _read_sleep(self, obs: Any, builder: FactBuilder) -> None:
+        quantity = obs.valueQuantity
+        if obs.status not in LAB_STATUSES or quantity is None or quantity.value is None:
+            return
+        if (quantity.code or quantity.unit) not in ("h", "hours", "hour"):
+            return
+        when = self._effective(obs)
+        builder.add(
+            "sleep-hours",
+            float(quantity.value),
+            Evidence(
+                "Sleep duration", f"{_fmt_number(float(quantity.value))} h", _ref(obs),
+                when.isoformat() if when else None,
+            ),
+        )
+
+    # -- orders ------------------------------------------------------------------------------
+    def _read_orders(self, intake: Intake, facts: PatientFacts, drafts: list[Any]) -> None:
+        for request, _ in intake.service_requests:
+            if request.status in ACTIVE_ORDER_STATUSES:
+                facts.orders.append(
+                    ExistingOrder(frozenset(_codes(request.code)), _ref(request), request.status)
+                )
+        for draft in drafts:
+            codes = frozenset(
+                (c.get("system", ""), c.get("code", ""))
+                for c in ((draft.get("code") or {}).get("coding") or ())
+                if isinstance(c, dict)
+            )
+            rid = draft.get("id")
+            ref = f"{draft.get('resourceType')}/{rid}" if rid else str(draft.get("resourceType"))
+            facts.orders.append(ExistingOrder(codes, f"{ref} (draft order)", "draft"))
+
+    # -- the whole patient -------------------------------------------------------------------
+    def extract(
+        self, intake: Intake, patient: Any, today: date, drafts: list[Any] | None = None
+    ) -> PatientFacts:
+        """Build the PatientFacts for one patient from validated resources."""
+        facts = PatientFacts(patient_ref=_ref(patient), today=today)
+        facts.problems.extend(intake.problems)
+        builder = FactBuilder()
+        sex = patient.gender if patient.gender in ("male", "female") else None
+        if patient.gender:
+            builder.add("sex", patient.gender, Evidence("Sex", patient.gender, facts.patient_ref))
+        birth = _as_date(patient.birthDate)
+        if birth is not None:
+            years = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+            builder.add(
+                "age-years", float(years),
+                Evidence("Age", f"{years} years", facts.patient_ref, birth.isoformat()),
+            )
+        self._read_answers(intake, builder, facts.problems)
+        self._read_findings(intake, builder)
+        self._read_labs(intake, facts, builder, sex)
+        self._read_orders(intake, facts, drafts or [])
+        facts.facts = builder.build()
+        self._derive(facts)
+        return facts
+
+    def _derive(self, facts: PatientFacts) -> None:
+        areas = facts.get("body-areas")
+        if areas is not None and isinstance(areas.value, tuple):
+            regions = {BODY_REGIONS[a] for a in areas.value}
+            facts.facts["multiple-body-regions"] = Fact(
+                "multiple-body-regions", len(regions) >= 2, areas.evidence
+            )

@@ -1,0 +1,89 @@
+"""The facts the rules read: answers, coded findings, labs and orders, each with where it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+from service.errors import Issue
+
+FactValue = bool | float | str | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One piece of evidence shown on a card: what was seen, and in which resource."""
+
+    label: str
+    value: str
+    source: str  # e.g. "QuestionnaireResponse/qr-1" or "Condition/c-7"
+    when: str | None = None  # ISO date of the answer or result
+    context: bool = False  # only sets the scene (e.g. "assessment completed"): shown when alone
+
+    def markdown(self) -> str:
+        """One markdown list line for the card detail."""
+        when = f", {self.when}" if self.when else ""
+        return f"- {self.label}: **{self.value}** ({self.source}{when})"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A named fact's value and every piece of evidence behind it."""
+
+    name: str
+    value: FactValue
+    evidence: tuple[Evidence, ...]
+
+
+@dataclass(frozen=True)
+class LabResult:
+    """The latest usable result of one analyte, converted to the analyte's canonical unit."""
+
+    analyte: str
+    display: str
+    value: float
+    unit: str
+    shown_value: str  # as recorded, with its own unit
+    effective: date | None
+    status: str  # "low", "high", "normal" or "unknown"
+    range_text: str  # the range the status was judged against, and whose it is
+    current: bool  # inside the analyte's look-back
+    lookback_days: int
+    source: str
+
+    def evidence(self) -> Evidence:
+        """The result as card evidence: value, unit, date, range and freshness."""
+        flag = {"low": "low", "high": "high", "normal": "in range"}.get(self.status, "not judged")
+        age = "" if self.current else f"; stale: older than {self.lookback_days} days"
+        return Evidence(
+            label=self.display,
+            value=f"{self.shown_value} ({flag}; range {self.range_text}{age})",
+            source=self.source,
+            when=self.effective.isoformat() if self.effective else "date unknown",
+        )
+
+
+@dataclass(frozen=True)
+class ExistingOrder:
+    """A ServiceRequest already active on the chart or drafted in this session."""
+
+    codes: frozenset[tuple[str, str]]
+    source: str
+    status: str
+
+
+@dataclass
+class PatientFacts:
+    """Everything the rules may read about one patient at one moment."""
+
+    patient_ref: str
+    today: date
+    facts: dict[str, Fact] = field(default_factory=dict)
+    labs: dict[str, LabResult] = field(default_factory=dict)
+    orders: list[ExistingOrder] = field(default_factory=list)
+    problems: list[Issue] = field(default_factory=list)  # data that could not be used, with paths
+    notes: list[str] = field(default_factory=list)  # e.g. OperationOutcome warnings from prefetch
+
+    def get(self, name: str) -> Fact | None:
+        """The fact, or None when it is unknown."""
+        return self.facts.get(name)

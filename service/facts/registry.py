@@ -1,0 +1,40 @@
+"""Every fact a rule may name, with its kind: questionnaire items, coded findings and derived facts."""
+
+from __future__ import annotations
+
+from service.engine.conditions import FactSpec
+from service.engine.reference import ReferenceData
+
+_ITEM_KINDS = {"boolean": "boolean", "integer": "number", "decimal": "number", "string": "string"}
+
+# Facts computed from the record rather than asked (see service/facts/extract.py).
+DERIVED = (
+    FactSpec("twitching", "boolean", "Twitching reported"),
+    FactSpec("age-years", "number", "Age (years)"),
+    FactSpec("sex", "choice", "Sex", ("male", "female", "other", "unknown")),
+    FactSpec("multiple-body-regions", "boolean", "Twitching in more than one body region"),
+)
+
+_FINDING_LABELS = {
+    "restless-legs-diagnosed": "Restless legs syndrome on record",
+    "motor-neuron-disease-diagnosed": "Motor neuron disease on record",
+}
+
+
+def fact_registry(reference: ReferenceData) -> dict[str, FactSpec]:
+    """All nameable facts, keyed by name."""
+    registry: dict[str, FactSpec] = {}
+    for item in reference.questionnaire.items.values():
+        if item.type == "choice":
+            kind = "multi" if item.repeats else "choice"
+        else:
+            kind = _ITEM_KINDS[item.type]
+        registry[item.link_id] = FactSpec(item.link_id, kind, item.label, item.options)
+    for spec in DERIVED:
+        registry[spec.name] = spec
+    for fact in reference.findings:
+        if fact not in registry:
+            registry[fact] = FactSpec(fact, "boolean", _FINDING_LABELS.get(fact, fact))
+        elif registry[fact].kind != "boolean":
+            raise ValueError(f"finding {fact!r} maps onto a non-boolean question")
+    return registry

@@ -1,0 +1,1 @@
+"""FHIR at the edge: find the resources the rules read, and validate them with fhir.resources (R4B)."""

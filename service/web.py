@@ -1,0 +1,101 @@
+"""HTTP edge helpers: strict JSON bodies in, orjson out, OperationOutcome for every error."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+import orjson
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from service.errors import (
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+    operation_outcome,
+)
+
+FHIR_JSON = "application/fhir+json"
+ACCEPTED_TYPES = ("application/json", FHIR_JSON)
+log = logging.getLogger("twitch_cds")
+
+
+def json_response(body: Any, status: int = 200, mimetype: str = "application/json") -> Response:
+    """Serialise once with orjson."""
+    return Response(orjson.dumps(body), status=status, mimetype=mimetype)
+
+
+def read_json_body() -> Any:
+    """The request body as JSON: 415 for another content type, 413 when too large, 400 when malformed."""
+    mimetype = request.mimetype
+    if mimetype not in ACCEPTED_TYPES:
+        raise UnsupportedMediaType.single(
+            f"send the body as application/json or application/fhir+json, not {mimetype or 'no type'!r}"
+        )
+    data = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    if not data:
+        raise BadRequest.single("the request body is empty; a JSON object is expected")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest.single(f"the body is not valid JSON: {exc}") from exc
+
+
+_HTTP_ERRORS: dict[int, type[ServiceError]] = {
+    400: BadRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def _render(error: ServiceError) -> Response:
+    response = json_response(operation_outcome(error.issues), error.status, FHIR_JSON)
+    return response
+
+
+def _service_error(error: ServiceError) -> Response:
+    return _render(error)
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    kind = _HTTP_ERRORS.get(status, InternalError if status >= 500 else BadRequest)
+    messages = {
+        404: f"no such endpoint: {request.path}",
+        405: f"{request.method} is not allowed on {request.path}",
+        413: "the request body is larger than this service accepts",
+    }
+    rendered = _render(kind.single(messages.get(status, error.description or error.name)))
+    rendered.status_code = status
+    if status == 405 and getattr(error, "valid_methods", None):
+        rendered.headers["Allow"] = ", ".join(error.valid_methods or ())
+    return rendered
+
+
+def _unexpected(error: Exception) -> Response:
+    # A genuine bug: the traceback goes to the log (it holds code paths, not request data);
+    # the client gets an OperationOutcome that names no patient data.
+    # The exception's message may quote request data, so only its type and frames are logged.
+    log.error(
+        "unhandled %s on %s %s\n%s",
+        type(error).__name__,
+        request.method,
+        request.url_rule or "unknown route",
+        "".join(traceback.format_tb(error.__traceback__)),
+    )
+    return _render(InternalError.single("internal error; it has been logged"))
+
+
+def register_error_handlers(app: Flask) -> None:
+    """One handler for the exception tree, HTTP errors and bugs: all OperationOutcome."""
+    app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
