@@ -9,7 +9,7 @@ from typing import Any
 from service.cdshooks.cards import CardRenderer
 from service.engine.evaluate import evaluate
 from service.engine.ruleset import RuleSet
-from service.errors import InvalidFhir, Issue, MissingData
+from service.errors import BadRequest, InvalidFhir, Issue, MissingData
 from service.facts.extract import FactExtractor
 from service.fhir.intake import Intake, Located, Selector, take_in
 from service.fhir.questionnaire import questionnaire_url
@@ -54,6 +54,12 @@ class Evaluator:
     ) -> Outcome:
         """Evaluate the rules for the one patient named by `patient_refs`."""
         patients = [(p, path) for p, path in intake.patients if f"Patient/{p.id}" in patient_refs]
+        if not patients and intake.patients:
+            other, path = intake.patients[0]
+            raise BadRequest.single(
+                f"Patient/{other.id} is not the patient in context ({sorted(patient_refs)[0]})",
+                f"{path}.id",
+            )
         if not patients:
             invalid_patient = [i for i in intake.problems if "Patient" in i.diagnostics]
             if invalid_patient:
@@ -70,12 +76,13 @@ class Evaluator:
     @staticmethod
     def _drop_other_subjects(intake: Intake, patient_refs: set[str]) -> None:
         # Another patient's data must never inform this patient's cards: drop it, and say so.
-        for bucket in (
+        buckets: tuple[list[tuple[Any, str]], ...] = (
             intake.observations,
             intake.responses,
             intake.conditions,
             intake.service_requests,
-        ):
+        )
+        for bucket in buckets:
             kept = []
             for resource, path in bucket:
                 ref = _subject_ref(resource)

@@ -7,6 +7,7 @@ import traceback
 from typing import Any
 
 import orjson
+import werkzeug.exceptions
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -57,8 +58,7 @@ _HTTP_ERRORS: dict[int, type[ServiceError]] = {
 
 
 def _render(error: ServiceError) -> Response:
-    response = json_response(operation_outcome(error.issues), error.status, FHIR_JSON)
-    return response
+    return json_response(operation_outcome(error.issues), error.status, FHIR_JSON)
 
 
 def _service_error(error: ServiceError) -> Response:
@@ -75,8 +75,8 @@ def _http_error(error: HTTPException) -> Response:
     }
     rendered = _render(kind.single(messages.get(status, error.description or error.name)))
     rendered.status_code = status
-    if status == 405 and getattr(error, "valid_methods", None):
-        rendered.headers["Allow"] = ", ".join(error.valid_methods or ())
+    if isinstance(error, werkzeug.exceptions.MethodNotAllowed) and error.valid_methods:
+        rendered.headers["Allow"] = ", ".join(error.valid_methods)
     return rendered
 
 

@@ -13,8 +13,17 @@ from service.web import json_response, read_json_body
 
 bp = Blueprint("evaluate", __name__)
 BUNDLE_TYPES = frozenset(
-    "document message transaction transaction-response batch batch-response history searchset"
-    " collection".split()
+    [
+        "document",
+        "message",
+        "transaction",
+        "transaction-response",
+        "batch",
+        "batch-response",
+        "history",
+        "searchset",
+        "collection",
+    ]
 )
 
 
@@ -46,9 +55,7 @@ def _bundle_resources(body: Any) -> tuple[list[Located], set[str]]:
             if isinstance(entry.get("fullUrl"), str):
                 patient_refs.add(entry["fullUrl"])
     if patients != 1:
-        issues.append(
-            Issue(f"the Bundle must hold exactly one Patient, it holds {patients}", "Bundle.entry")
-        )
+        issues.append(Issue(f"the Bundle must hold exactly one Patient, it holds {patients}", "Bundle.entry"))
     if issues:
         raise InvalidFhir(issues)
     return located, patient_refs

@@ -127,9 +127,7 @@ class CardRenderer:
             "overrideReasons": self.override_reasons,
         }
         if firing.suggestions:
-            card["suggestions"] = [
-                self._suggestion(s, firing, facts.patient_ref) for s in firing.suggestions
-            ]
+            card["suggestions"] = [self._suggestion(s, firing, facts.patient_ref) for s in firing.suggestions]
             card["selectionBehavior"] = "any"
         return card
 
@@ -145,9 +143,10 @@ class CardRenderer:
         if len(problems) > len(shown):
             lines.append(f"- … and {len(problems) - len(shown)} more")
         count = len(problems)
+        plural = "s" if count != 1 else ""
         return {
             "uuid": str(uuid.uuid4()),
-            "summary": f"{count} record item{'s' if count != 1 else ''} could not be used: cards may be incomplete",
+            "summary": f"{count} record item{plural} could not be used: cards may be incomplete",
             "indicator": "warning",
             "detail": "\n".join(lines),
             "source": {

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
 
 from service.errors import BadRequest, Issue
 
@@ -15,7 +23,7 @@ SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
 
 
 class FhirAuthorizationSchema(Schema):
-    """fhirAuthorization: an OAuth 2.0 bearer token for fhirServer (CDS Hooks 2.0 §Passing the Access Token)."""
+    """fhirAuthorization: the OAuth 2.0 bearer token a CDS client passes for its fhirServer."""
 
     class Meta:
         unknown = INCLUDE

@@ -42,6 +42,7 @@ class PrefetchContent:
 
     resources: list[Located] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)  # key -> why it is unusable
+    searched: set[str] = field(default_factory=set)  # resource types a searchset's self link names
     notes: list[Issue] = field(default_factory=list)  # OperationOutcome entries in searchsets
 
 
@@ -54,8 +55,18 @@ def _outcome_text(outcome: dict[str, Any]) -> str:
     return "; ".join(texts) or "no details"
 
 
+def _searched_types(bundle: dict[str, Any]) -> set[str]:
+    # An empty searchset under a health system's own key name is identified by its self link.
+    types = set()
+    for link in bundle.get("link") or ():
+        if isinstance(link, dict) and link.get("relation") == "self":
+            path = str(link.get("url", "")).split("?", 1)[0].rstrip("/")
+            types.add(path.rsplit("/", 1)[-1])
+    return types
+
+
 def read_prefetch(prefetch: dict[str, Any]) -> PrefetchContent:
-    """Accept a searchset (possibly empty or holding OperationOutcomes), a resource, null or an OperationOutcome."""
+    """Read each value: searchset (maybe empty, maybe with OperationOutcomes), resource, null or outcome."""
     content = PrefetchContent()
     for key, value in prefetch.items():
         path = f"prefetch.{key}"
@@ -64,6 +75,7 @@ def read_prefetch(prefetch: dict[str, Any]) -> PrefetchContent:
         elif value.get("resourceType") == "OperationOutcome":
             content.missing[key] = f"the EHR's prefetch failed: {_outcome_text(value)}"
         elif value.get("resourceType") == "Bundle":
+            content.searched.update(_searched_types(value))
             entries = value.get("entry") or []
             for i, entry in enumerate(entries if isinstance(entries, list) else []):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -89,7 +101,7 @@ def read_prefetch(prefetch: dict[str, Any]) -> PrefetchContent:
 
 def check_required(content: PrefetchContent, prefetch: dict[str, Any]) -> None:
     """412 when required data is neither in prefetch nor (yet) obtainable from the FHIR server."""
-    present_types = {r.resource.get("resourceType") for r in content.resources}
+    present_types = {r.resource.get("resourceType") for r in content.resources} | content.searched
     issues: list[Issue] = []
     for key in REQUIRED_KEYS:
         usable = key in prefetch and key not in content.missing

@@ -28,12 +28,15 @@ def catalogue(ruleset: RuleSet) -> dict[str, Any]:
                 {
                     k: v
                     for k, v in {
-                        "id": s.id, "label": s.label, "url": s.url, "file": s.file,
+                        "id": s.id,
+                        "label": s.label,
+                        "url": s.url,
+                        "file": s.file,
                     }.items()
                     if v
                 }
                 for s in (reference.sources[sid] for sid in rule.sources)
-            ],  # fmt: skip
+            ],
         }
         if orders:
             entry["suggestions"] = [
@@ -62,9 +65,7 @@ def catalogue_markdown(ruleset: RuleSet) -> str:
     ]
     for rule in doc["rules"]:
         sources = "; ".join(s["label"] for s in rule["sources"])
-        suggests = "; ".join(
-            f"{s['label']} ({s['code']})" for s in rule.get("suggestions", [])
-        ) or "none"
+        suggests = "; ".join(f"{s['label']} ({s['code']})" for s in rule.get("suggestions", [])) or "none"
         logic = rule["logic"].replace("|", "/")
         lines.append(
             f"| `{rule['id']}` {rule['title']} | {rule['version']} | {rule['indicator']} |"
@@ -74,9 +75,9 @@ def catalogue_markdown(ruleset: RuleSet) -> str:
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
     from service.config import load_config
     from service.engine.ruleset import load_ruleset
-
-    from pathlib import Path
 
     print(catalogue_markdown(load_ruleset(Path(load_config()["RULES_DIR"]))), end="")

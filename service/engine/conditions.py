@@ -112,9 +112,7 @@ class LabIs:
         lab = facts.labs.get(self.analyte)
         if lab is None or lab.status == "unknown":
             return None, ()
-        matches = lab.status == self.status or (
-            self.status == "abnormal" and lab.status in ("low", "high")
-        )
+        matches = lab.status == self.status or (self.status == "abnormal" and lab.status in ("low", "high"))
         if self.current is not None and lab.current != self.current:
             matches = False
         return matches, (lab.evidence(),)
@@ -214,9 +212,7 @@ class Unanswered:
     def evaluate(self, facts: PatientFacts) -> Result:
         """True with one 'not answered' line per unknown fact."""
         missing = [n for n in self.names if facts.get(n) is None]
-        evidence = tuple(
-            Evidence(self.labels[n], "not answered", "twitching assessment") for n in missing
-        )
+        evidence = tuple(Evidence(self.labels[n], "not answered", "twitching assessment") for n in missing)
         return bool(missing), evidence
 
     def fact_names(self) -> set[str]:

@@ -20,10 +20,25 @@ PRIORITIES = ("routine", "urgent", "asap", "stat")
 SUPPRESSORS = (*CATEGORIES, "data-problems")
 SUMMARY_LIMIT = 140
 RULE_KEYS = frozenset(
-    "id version title category indicator logic sources when summary advice suggestions"
-    " advice_by_fact variants suppressed_by exclusive".split()
+    [
+        "id",
+        "version",
+        "title",
+        "category",
+        "indicator",
+        "logic",
+        "sources",
+        "when",
+        "summary",
+        "advice",
+        "suggestions",
+        "advice_by_fact",
+        "variants",
+        "suppressed_by",
+        "exclusive",
+    ]
 )
-VARIANT_KEYS = frozenset("when indicator summary advice priority suggestions".split())
+VARIANT_KEYS = frozenset(["when", "indicator", "summary", "advice", "priority", "suggestions"])
 
 
 class RuleSetError(ValueError):
@@ -115,9 +130,7 @@ def _check_summary(summary: Any, where: str) -> str:
     return summary
 
 
-def _parse_rule(
-    raw: Any, reference: ReferenceData, registry: Mapping[str, FactSpec], where: str
-) -> Rule:
+def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactSpec], where: str) -> Rule:
     if not isinstance(raw, dict):
         raise RuleSetError(f"{where}: a rule file holds one mapping")
     unknown_keys = set(raw) - RULE_KEYS
@@ -164,9 +177,7 @@ def _parse_rule(
                     advice=v.get("advice"),
                     priority=priority,
                     suggestions=(
-                        _suggestions(v["suggestions"], reference, vwhere)
-                        if "suggestions" in v
-                        else None
+                        _suggestions(v["suggestions"], reference, vwhere) if "suggestions" in v else None
                     ),
                 )
             )

@@ -100,14 +100,16 @@ class FactExtractor:
         }
 
     # -- questionnaire answers -------------------------------------------------------------
-    def _is_ours(self, response: Any) -> bool:
+    def _is_ours(self, response: Any, path: str) -> bool:
         canonical = response.questionnaire
-        # Responses that name no questionnaire are read by linkId; another form's are not ours.
-        return canonical is None or canonical.split("|")[0] == self.questionnaire_url
+        if canonical is not None:
+            return bool(canonical.split("|")[0] == self.questionnaire_url)
+        # A response naming no questionnaire is ours only if it answers one of our linkIds.
+        return any(item.linkId in self.questionnaire.items for item, _ in self._walk(response.item, path))
 
     def _pick_response(self, intake: Intake) -> tuple[Any, str] | None:
         usable = [
-            (r, p) for r, p in intake.responses if r.status in RESPONSE_STATUSES and self._is_ours(r)
+            (r, p) for r, p in intake.responses if r.status in RESPONSE_STATUSES and self._is_ours(r, p)
         ]
         if not usable:
             return None
@@ -247,9 +249,7 @@ class FactExtractor:
         factor = analyte.unit_factors.get(unit)
         return None if factor is None else value * factor
 
-    def _status(
-        self, obs: Any, analyte: Analyte, value: float, sex: str | None
-    ) -> tuple[str, str]:
+    def _status(self, obs: Any, analyte: Analyte, value: float, sex: str | None) -> tuple[str, str]:
         unit = analyte.unit
         interp = {c for _, c in (k for concept in obs.interpretation or () for k in _codes(concept))}
         ranges = obs.referenceRange or ()
@@ -265,7 +265,9 @@ class FactExtractor:
             if default is not None:
                 low, high = default.low, default.high
                 whose = analyte.range_source
-        bounds = f"{_fmt_number(low) if low is not None else ''}–{_fmt_number(high) if high is not None else ''}"
+        bounds = (
+            f"{_fmt_number(low) if low is not None else ''}–{_fmt_number(high) if high is not None else ''}"
+        )
         range_text = f"{bounds} {unit}, {whose}" if whose else "no range"
         if interp & INTERPRETATION_LOW:
             return "low", f"{range_text}; flagged low by the lab"
@@ -287,9 +289,7 @@ class FactExtractor:
         unit = quantity.code or quantity.unit or analyte.unit
         return self._convert(analyte, float(quantity.value), unit)
 
-    def _read_labs(
-        self, intake: Intake, facts: PatientFacts, builder: FactBuilder, sex: str | None
-    ) -> None:
+    def _read_labs(self, intake: Intake, facts: PatientFacts, builder: FactBuilder, sex: str | None) -> None:
         latest: dict[str, tuple[date | None, LabResult]] = {}
         for obs, path in intake.observations:
             loinc = next((c for s, c in _codes(obs.code) if s == LOINC), None)
@@ -347,7 +347,9 @@ class FactExtractor:
             "sleep-hours",
             float(quantity.value),
             Evidence(
-                "Sleep duration", f"{_fmt_number(float(quantity.value))} h", _ref(obs),
+                "Sleep duration",
+                f"{_fmt_number(float(quantity.value))} h",
+                _ref(obs),
                 when.isoformat() if when else None,
             ),
         )
@@ -381,10 +383,13 @@ class FactExtractor:
         if patient.gender:
             builder.add("sex", patient.gender, Evidence("Sex", patient.gender, facts.patient_ref))
         birth = _as_date(patient.birthDate)
+        # A deceased patient's age stops at death (a record may be reviewed long after).
+        end = min(today, _as_date(patient.deceasedDateTime) or today)
         if birth is not None:
-            years = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+            years = end.year - birth.year - ((end.month, end.day) < (birth.month, birth.day))
             builder.add(
-                "age-years", float(years),
+                "age-years",
+                float(years),
                 Evidence("Age", f"{years} years", facts.patient_ref, birth.isoformat()),
             )
         self._read_answers(intake, builder, facts.problems)

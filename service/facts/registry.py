@@ -25,10 +25,7 @@ def fact_registry(reference: ReferenceData) -> dict[str, FactSpec]:
     """All nameable facts, keyed by name."""
     registry: dict[str, FactSpec] = {}
     for item in reference.questionnaire.items.values():
-        if item.type == "choice":
-            kind = "multi" if item.repeats else "choice"
-        else:
-            kind = _ITEM_KINDS[item.type]
+        kind = ("multi" if item.repeats else "choice") if item.type == "choice" else _ITEM_KINDS[item.type]
         registry[item.link_id] = FactSpec(item.link_id, kind, item.label, item.options)
     for spec in DERIVED:
         registry[spec.name] = spec

@@ -27,13 +27,22 @@ MODELS: dict[str, type[Any]] = {
 # Required codes whose value sets fhir.resources does not enforce (R4 value sets).
 STATUS_VALUES: dict[str, frozenset[str]] = {
     "Observation": frozenset(
-        "registered preliminary final amended corrected cancelled entered-in-error unknown".split()
+        [
+            "registered",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        ]
     ),
     "QuestionnaireResponse": frozenset(
-        "in-progress completed amended entered-in-error stopped".split()
+        ["in-progress", "completed", "amended", "entered-in-error", "stopped"]
     ),
     "ServiceRequest": frozenset(
-        "draft active on-hold revoked completed entered-in-error unknown".split()
+        ["draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"]
     ),
 }
 
@@ -75,9 +84,7 @@ class Selector:
 
     def __init__(self, reference: ReferenceData) -> None:
         self.lab_codes = frozenset(reference.analyte_by_loinc()) | {SLEEP_DURATION_LOINC}
-        self.finding_codes = frozenset(
-            c.key() for codes in reference.findings.values() for c in codes
-        )
+        self.finding_codes = frozenset(c.key() for codes in reference.findings.values() for c in codes)
 
     def _codes(self, concept: Any) -> Iterator[tuple[str, str]]:
         if isinstance(concept, dict):
@@ -92,14 +99,9 @@ class Selector:
             return True
         if kind == "Observation":
             for system, code in self._codes(resource.get("code")):
-                if (system == LOINC and code in self.lab_codes) or (
-                    (system, code) in self.finding_codes
-                ):
+                if (system == LOINC and code in self.lab_codes) or ((system, code) in self.finding_codes):
                     return True
-            return any(
-                key in self.finding_codes
-                for key in self._codes(resource.get("valueCodeableConcept"))
-            )
+            return any(key in self.finding_codes for key in self._codes(resource.get("valueCodeableConcept")))
         if kind == "Condition":
             return any(key in self.finding_codes for key in self._codes(resource.get("code")))
         return False
@@ -119,7 +121,11 @@ def fhirpath(base: str, loc: Iterable[int | str]) -> str:
 def _answer_type_problems(items: Any, path: str) -> Iterator[Issue]:
     # fhir.resources coerces "yes" to true and "5" to 5; FHIR JSON does not, and a misread
     # answer changes a card, so answer value types are checked against the JSON types.
-    expected = {"valueBoolean": bool, "valueInteger": int, "valueDecimal": (int, float)}
+    expected: dict[str, type | tuple[type, ...]] = {
+        "valueBoolean": bool,
+        "valueInteger": int,
+        "valueDecimal": (int, float),
+    }
     for i, item in enumerate(items if isinstance(items, list) else ()):
         if not isinstance(item, dict):
             continue
@@ -152,9 +158,7 @@ def validate(located: Located) -> tuple[Any | None, list[Issue]]:
     allowed = STATUS_VALUES.get(kind)
     status = raw.get("status")
     if allowed and isinstance(status, str) and status not in allowed:
-        problems.append(
-            Issue(f"{kind}.status {status!r} is not one of {sorted(allowed)}", f"{path}.status")
-        )
+        problems.append(Issue(f"{kind}.status {status!r} is not one of {sorted(allowed)}", f"{path}.status"))
     try:
         model = MODELS[kind].model_validate(raw, strict=True)
     except pydantic.ValidationError as exc:

@@ -36,8 +36,7 @@ def build_questionnaire(questionnaire: Questionnaire, canonical_base: str) -> di
                 entry["repeats"] = True
             if item.options:
                 entry["answerOption"] = [
-                    {"valueCoding": {"system": option_system, "code": o, "display": o}}
-                    for o in item.options
+                    {"valueCoding": {"system": option_system, "code": o, "display": o}} for o in item.options
                 ]
             items.append(entry)
         groups.append({"linkId": group_id, "text": group_text, "type": "group", "item": items})

@@ -1,0 +1,80 @@
+"""Shared fixtures: the app built by the factory, its client, and the ../shared material."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+EXAMPLES = ROOT / "fhir_examples"
+# The examples are dated around this day; a fixed clock keeps look-backs reproducible.
+EXAMPLE_DAY = "2026-11-22"
+
+
+@pytest.fixture
+def app() -> Flask:
+    """The application with embedded defaults and a fixed evaluation date."""
+    return create_app({"TESTING": True, "TODAY": EXAMPLE_DAY})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client for the app."""
+    return app.test_client()
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"../shared is not beside the checkout ({path} missing)")
+    return path
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file."""
+    return orjson.loads(path.read_bytes())
+
+
+def bundle_to_hook_request(bundle: dict[str, Any]) -> dict[str, Any]:
+    """Turn a one-patient Bundle into the patient-view call an EHR would send with full prefetch."""
+    resources = [e["resource"] for e in bundle.get("entry", [])]
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+
+    def searchset(kind: str) -> dict[str, Any]:
+        found = [r for r in resources if r["resourceType"] == kind]
+        body: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(found)}
+        if found:
+            body["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in found]
+        return body
+
+    return {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/example", "patientId": patient["id"]},
+        "prefetch": {
+            "patient": patient,
+            "observations": searchset("Observation"),
+            "questionnaireResponses": searchset("QuestionnaireResponse"),
+            "conditions": searchset("Condition"),
+            "serviceRequests": searchset("ServiceRequest"),
+        },
+    }
+
+
+def card_rules(cards: list[dict[str, Any]]) -> list[str]:
+    """The topic code (stable rule id without hyphens) of each card, in order."""
+    return [c["source"]["topic"]["code"] for c in cards]
+
+
+def topic(rule_id: str) -> str:
+    """The topic code a rule id becomes on a card."""
+    return rule_id.replace("-", "")

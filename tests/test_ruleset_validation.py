@@ -1,0 +1,115 @@
+"""A flawed rule set refuses to start, with a message that says which file and what is wrong."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.app import create_app
+from service.engine.ruleset import RuleSetError, load_ruleset
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def rules_copy(tmp_path: Path) -> Path:
+    """A private copy of rules/ to break."""
+    target = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", target)
+    return target
+
+
+def _edit(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+CASES: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
+    (
+        "set/persistent-twitching.yaml",
+        "unknown fact",
+        lambda r: r["when"]["all"].append("twitchiness"),
+        "unknown fact 'twitchiness'",
+    ),
+    (
+        "set/persistent-twitching.yaml",
+        "missing source",
+        lambda r: r.pop("sources"),
+        "cites at least one source",
+    ),
+    (
+        "set/persistent-twitching.yaml",
+        "unknown source",
+        lambda r: r.update(sources=["seed-999"]),
+        "unknown sources ['seed-999']",
+    ),
+    (
+        "set/persistent-twitching.yaml",
+        "duplicate id",
+        lambda r: r.update(id="motor-neuron-red-flags"),
+        "duplicate rule id 'motor-neuron-red-flags'",
+    ),
+    (
+        "set/persistent-twitching.yaml",
+        "logic not in When/Then/Source form",
+        lambda r: r.update(logic="Fires on long twitching."),
+        "When … Then … Source",
+    ),
+    (
+        "set/persistent-twitching.yaml",
+        "summary too long",
+        lambda r: r.update(summary="x" * 140),
+        "summary has 140 characters",
+    ),
+    (
+        "set/persistent-twitching.yaml",
+        "unknown order",
+        lambda r: r["suggestions"].append({"order": "pet-scan", "reason": "x"}),
+        "unknown order 'pet-scan'",
+    ),
+    (
+        "set/persistent-twitching.yaml",
+        "wrong comparison for the fact kind",
+        lambda r: r["when"]["all"].append({"fact": "sides", "above": 3}),
+        "cannot be tested with 'above'",
+    ),
+    (
+        "set/persistent-twitching.yaml",
+        "unknown analyte",
+        lambda r: r["when"]["all"].append({"lab": "unobtainium", "is": "low"}),
+        "unknown analyte 'unobtainium'",
+    ),
+    (
+        "reference/orders.yaml",
+        "unknown code system",
+        lambda r: r["cbc"]["code"].update(system="http://example.org/made-up"),
+        "unknown code system 'http://example.org/made-up'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("file", "name", "change", "message"), CASES, ids=[c[1] for c in CASES])
+def test_flawed_rule_set_refuses_to_start(
+    rules_copy: Path,
+    file: str,
+    name: str,
+    change: Callable[[dict[str, Any]], None],
+    message: str,
+) -> None:
+    """create_app raises RuleSetError naming the problem."""
+    _edit(rules_copy / file, change)
+    with pytest.raises(RuleSetError, match=None) as info:
+        create_app({"RULES_DIR": str(rules_copy)})
+    assert message in str(info.value), f"{name}: {info.value}"
+
+
+def test_the_shipped_rule_set_loads() -> None:
+    """The real rule set passes every check, and every rule cites a source."""
+    ruleset = load_ruleset(ROOT / "rules")
+    assert len(ruleset.rules) >= 20
+    assert all(rule.sources for rule in ruleset.rules)
