@@ -18,6 +18,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     ),
     "SERVICE_ID": ("twitching-red-flags", "The CDS service id in discovery and the hook URL."),
     "LOG_LEVEL": ("INFO", "Python log level."),
+    "TODAY": ("", "Evaluate as of this ISO date instead of today (reproducible tests and demos)."),
 }
 
 ENV_PREFIX = "TWITCH_CDS_"
