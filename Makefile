@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint docs clean
+.PHONY: run test lint docs bench clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,6 @@ docs: $(BIN)/activate ## regenerate docs/rules.md from the rule set
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+bench: $(BIN)/activate ## latency benchmark on loopback (needs wrk: apt-get install wrk)
+	$(BIN)/python bench/run.py
