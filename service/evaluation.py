@@ -61,9 +61,8 @@ class Evaluator:
                 f"{path}.id",
             )
         if not patients:
-            invalid_patient = [i for i in intake.problems if "Patient" in i.diagnostics]
-            if invalid_patient:
-                raise InvalidFhir(invalid_patient)
+            if intake.patient_problems:
+                raise InvalidFhir(intake.patient_problems)
             raise MissingData.single("no Patient resource for this patient was provided", None)
         patient = patients[0][0]
         self._drop_other_subjects(intake, patient_refs)

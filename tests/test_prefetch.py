@@ -170,3 +170,11 @@ def test_patient_that_is_not_the_context_patient_is_400(
     response = client.post(HOOK, json=weakness_call)
     assert response.status_code == 400
     assert response.get_json()["issue"][0]["expression"] == ["prefetch.patient.id"]
+
+
+def test_invalid_patient_is_422_with_paths(client: FlaskClient, weakness_call: dict[str, Any]) -> None:
+    """Without a valid Patient nothing can be evaluated: 422 lists the Patient's problems."""
+    weakness_call["prefetch"]["patient"]["birthDate"] = "14 March 1968"
+    response = client.post(HOOK, json=weakness_call)
+    assert response.status_code == 422
+    assert response.get_json()["issue"][0]["expression"] == ["prefetch.patient.birthDate"]

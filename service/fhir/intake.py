@@ -67,6 +67,7 @@ class Intake:
     conditions: list[tuple[Condition, str]] = field(default_factory=list)
     service_requests: list[tuple[ServiceRequest, str]] = field(default_factory=list)
     problems: list[Issue] = field(default_factory=list)
+    patient_problems: list[Issue] = field(default_factory=list)  # an unusable Patient: no evaluation
 
     def bucket(self, resource_type: str) -> list[tuple[Any, str]]:
         """The list a validated resource of this type goes into."""
@@ -176,6 +177,8 @@ def take_in(resources: Iterable[Located], selector: Selector) -> Intake:
             continue
         model, problems = validate(located)
         intake.problems.extend(problems)
+        if located.resource["resourceType"] == "Patient":
+            intake.patient_problems.extend(problems)
         if model is not None:
             intake.bucket(located.resource["resourceType"]).append((model, located.path))
     return intake
