@@ -178,3 +178,16 @@ def test_invalid_patient_is_422_with_paths(client: FlaskClient, weakness_call: d
     response = client.post(HOOK, json=weakness_call)
     assert response.status_code == 422
     assert response.get_json()["issue"][0]["expression"] == ["prefetch.patient.birthDate"]
+
+
+def test_patient_without_id_in_a_bundle(client: FlaskClient) -> None:
+    """/evaluate: a Patient with no id is matched through its fullUrl, as its resources are."""
+    bundle = load_json(EXAMPLES / "motor-neuron-red-flags" / "fires-weakness.json")
+    patient_entry = bundle["entry"][0]
+    del patient_entry["resource"]["id"]
+    patient_entry["fullUrl"] = "urn:uuid:0b9c1c52-3d5e-4c4f-9a0e-6a1f5f0f2b11"
+    for entry in bundle["entry"][1:]:
+        entry["resource"]["subject"] = {"reference": patient_entry["fullUrl"]}
+    response = client.post("/evaluate", json=bundle)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert card_rules(response.get_json()["cards"]) == [topic("motor-neuron-red-flags")]

@@ -70,9 +70,8 @@ def evaluate_bundle() -> Response:
     if intake.problems:
         raise InvalidFhir(intake.problems)
     patient = intake.patients[0][0]
-    if not patient.id:
-        patient_refs.add("Patient/unidentified")
-    patient_ref = f"Patient/{patient.id}" if patient.id else next(iter(patient_refs))
+    # Without an id the Patient is named by its fullUrl (e.g. urn:uuid:…), as its resources are.
+    patient_ref = f"Patient/{patient.id}" if patient.id else min(patient_refs, default="Patient")
     patient_refs.add(patient_ref)
     outcome = engine.run(intake, patient_refs, patient_ref, today())
     return json_response({"cards": outcome.cards})

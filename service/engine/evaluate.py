@@ -51,6 +51,16 @@ def _fire(rule: Rule, facts: PatientFacts) -> Firing | None:
         )
         evidence = evidence + tuple(e for e in vevidence if e not in evidence)
         break
+    for name in rule.also_show:
+        shown_fact = facts.get(name)
+        if shown_fact:
+            evidence = evidence + shown_fact.evidence
+    labs = [e for e in evidence if e.lab]
+    if rule.stale and labs and all(e.stale for e in labs):
+        # Every result behind the card is older than its look-back: say so, ask for a repeat.
+        indicator = rule.stale.indicator or indicator
+        summary = rule.stale.summary or summary
+        advice = rule.stale.advice or advice
     unique = tuple(dict.fromkeys(evidence))
     if any(not e.context for e in unique):
         unique = tuple(e for e in unique if not e.context)
@@ -100,7 +110,8 @@ def _existing_work(orderable: Orderable, facts: PatientFacts) -> str | None:
             return f"{orderable.label}: already ordered ({order.source}, {order.status})"
     if orderable.covered_by_results:
         results = [facts.labs.get(a) for a in orderable.covered_by_results]
-        if all(r is not None and r.current for r in results):
+        # Only current, in-range results make an order redundant: an abnormal one needs confirming.
+        if all(r is not None and r.current and r.status == "normal" for r in results):
             shown = "; ".join(
                 f"{r.display} {r.shown_value} ({r.effective})" for r in results if r is not None
             )

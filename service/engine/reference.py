@@ -72,7 +72,13 @@ class Analyte:
         """The example-lab range for this sex, or the sex-neutral one."""
         if sex in self.ranges:
             return self.ranges[sex]
-        return self.ranges.get("any")
+        if "any" in self.ranges:
+            return self.ranges["any"]
+        # Sex unknown: judge against the widest sex-specific range, so only a value abnormal for
+        # everyone is flagged, and a clearly abnormal one is never left unjudged.
+        lows = [r.low for r in self.ranges.values() if r.low is not None]
+        highs = [r.high for r in self.ranges.values() if r.high is not None]
+        return Range(min(lows) if lows else None, max(highs) if highs else None)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ RULE_KEYS = frozenset(
         "variants",
         "suppressed_by",
         "exclusive",
+        "stale",
+        "also_show",
     ]
 )
 VARIANT_KEYS = frozenset(["when", "indicator", "summary", "advice", "priority", "suggestions"])
@@ -85,6 +87,8 @@ class Rule:
     variants: tuple[Variant, ...] = ()
     suppressed_by: tuple[str, ...] = ()
     exclusive: bool = False
+    stale: Variant | None = None  # applied when every lab result behind the card is stale
+    also_show: tuple[str, ...] = ()  # facts shown as evidence whenever known (e.g. a drug name)
     file: str = ""
 
     @property
@@ -156,11 +160,20 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
     if missing:
         raise RuleSetError(f"{where}: unknown sources {missing}")
     analytes = list(reference.analytes)
+    stale_raw = raw.get("stale")
+    if stale_raw is not None:
+        if not isinstance(stale_raw, dict) or set(stale_raw) - {"indicator", "summary", "advice"}:
+            raise RuleSetError(f"{where}: stale takes indicator, summary, advice")
+        stale_raw = {**stale_raw, "when": "twitching"}  # never evaluated: freshness decides
+    also_show = tuple(raw.get("also_show") or ())
+    for fact in also_show:
+        if fact not in registry:
+            raise RuleSetError(f"{where}: also_show names unknown fact {fact!r}")
     try:
         when = parse_condition(raw["when"], registry, analytes)
         variants = []
-        for i, v in enumerate(raw.get("variants") or ()):
-            vwhere = f"{where} variant {i}"
+        for i, v in enumerate([*(raw.get("variants") or ()), *([stale_raw] if stale_raw else [])]):
+            vwhere = f"{where} stale" if v is stale_raw else f"{where} variant {i}"
             if set(v) - VARIANT_KEYS:
                 raise RuleSetError(f"{vwhere}: unknown keys {sorted(set(v) - VARIANT_KEYS)}")
             if v.get("indicator") and v["indicator"] not in INDICATORS:
@@ -191,6 +204,7 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
     bad = [s for s in suppressed_by if s not in SUPPRESSORS]
     if bad:
         raise RuleSetError(f"{where}: suppressed_by {bad} not in {SUPPRESSORS}")
+    stale = variants.pop() if stale_raw else None
     return Rule(
         id=rule_id,
         version=str(raw["version"]),
@@ -207,6 +221,8 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
         variants=tuple(variants),
         suppressed_by=suppressed_by,
         exclusive=bool(raw.get("exclusive", False)),
+        stale=stale,
+        also_show=also_show,
         file=where,
     )
 

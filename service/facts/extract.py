@@ -317,6 +317,15 @@ class FactExtractor:
                 continue
             when = self._effective(obs)
             status, range_text = self._status(obs, analyte, value, sex)
+            if status == "unknown":
+                facts.problems.append(
+                    Issue(
+                        f"{analyte.display}: no reference range to judge the result against",
+                        f"{path}.referenceRange",
+                        severity="warning",
+                        code="incomplete",
+                    )
+                )
             current = when is not None and (facts.today - when).days <= analyte.lookback_days
             result = LabResult(
                 analyte=analyte.id,

@@ -19,6 +19,8 @@ class Evidence:
     source: str  # e.g. "QuestionnaireResponse/qr-1" or "Condition/c-7"
     when: str | None = None  # ISO date of the answer or result
     context: bool = False  # only sets the scene (e.g. "assessment completed"): shown when alone
+    stale: bool = False  # a lab result older than its look-back
+    lab: bool = False  # a lab result (freshness applies)
 
     def markdown(self) -> str:
         """One markdown list line for the card detail."""
@@ -60,6 +62,8 @@ class LabResult:
             value=f"{self.shown_value} ({flag}; range {self.range_text}{age})",
             source=self.source,
             when=self.effective.isoformat() if self.effective else "date unknown",
+            stale=not self.current,
+            lab=True,
         )
 
 
