@@ -55,9 +55,7 @@ class Evaluator:
         """Evaluate the rules for the one patient named by `patient_refs`."""
         # A Patient without an id (allowed in a collection Bundle) is matched by its fullUrl upstream.
         patients = [
-            (p, path)
-            for p, path in intake.patients
-            if p.id is None or f"Patient/{p.id}" in patient_refs
+            (p, path) for p, path in intake.patients if p.id is None or f"Patient/{p.id}" in patient_refs
         ]
         if not patients and intake.patients:
             other, path = intake.patients[0]

@@ -33,7 +33,8 @@ def _bundle_resources(body: Any) -> tuple[list[Located], set[str]]:
         found = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
         raise BadRequest.single(f"expected a FHIR Bundle, got {found!r}", "Bundle")
     issues: list[Issue] = []
-    if body.get("type") not in BUNDLE_TYPES:
+    bundle_type = body.get("type")
+    if not isinstance(bundle_type, str) or bundle_type not in BUNDLE_TYPES:
         issues.append(Issue(f"Bundle.type {body.get('type')!r} is not a Bundle type", "Bundle.type"))
     entries = body.get("entry", [])
     if not isinstance(entries, list):

@@ -8,7 +8,7 @@ from typing import Any
 from service.engine.evaluate import Firing, PlannedSuggestion
 from service.engine.reference import ICD10CM, SNOMED, Coding, Orderable, ReferenceData
 from service.errors import Issue
-from service.facts.model import PatientFacts
+from service.facts.model import PatientFacts, md_escape
 
 CATEGORY_CODINGS = {
     # FHIR R4 example value set http://hl7.org/fhir/ValueSet/servicerequest-category
@@ -23,6 +23,11 @@ OVERRIDE_REASONS = (
     ("data-inaccurate", "The recorded data are inaccurate"),
 )
 MAX_PROBLEMS_SHOWN = 10
+
+
+def _code_span(text: str) -> str:
+    # A code span shows its text literally; only a backtick could end it early.
+    return "`" + text.replace("`", "'") + "`"
 
 
 class CardRenderer:
@@ -95,7 +100,7 @@ class CardRenderer:
     def _detail(self, firing: Firing, facts: PatientFacts) -> str:
         lines = ["**Why this card**", *(e.markdown() for e in firing.evidence), "", firing.advice]
         if firing.already:
-            lines += ["", "**Already in hand**", *(f"- {text}" for text in firing.already)]
+            lines += ["", "**Already in hand**", *(f"- {md_escape(text)}" for text in firing.already)]
         if facts.problems:
             lines += [
                 "",
@@ -138,7 +143,7 @@ class CardRenderer:
             "Some of the record could not be read, so the other cards may be incomplete and"
             " no reassurance is offered.",
             "",
-            *(f"- `{p.expression or 'request'}`: {p.diagnostics}" for p in shown),
+            *(f"- {_code_span(p.expression or 'request')}: {md_escape(p.diagnostics)}" for p in shown),
         ]
         if len(problems) > len(shown):
             lines.append(f"- … and {len(problems) - len(shown)} more")

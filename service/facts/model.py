@@ -8,6 +8,13 @@ from datetime import date
 from service.errors import Issue
 
 FactValue = bool | float | str | tuple[str, ...]
+# Enough to stop emphasis, code, links, images and inline HTML; parentheses alone are harmless.
+_MARKDOWN_SPECIALS = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|"})
+
+
+def md_escape(text: str) -> str:
+    """Escape Markdown so text from a record (a drug name, an id) renders as text, never as a link."""
+    return " ".join(text.split()).translate(_MARKDOWN_SPECIALS)
 
 
 @dataclass(frozen=True)
@@ -24,8 +31,8 @@ class Evidence:
 
     def markdown(self) -> str:
         """One markdown list line for the card detail."""
-        when = f", {self.when}" if self.when else ""
-        return f"- {self.label}: **{self.value}** ({self.source}{when})"
+        when = f", {md_escape(self.when)}" if self.when else ""
+        return f"- {md_escape(self.label)}: **{md_escape(self.value)}** ({md_escape(self.source)}{when})"
 
 
 @dataclass(frozen=True)
