@@ -23,18 +23,19 @@ def _no_empty_values(value: Any, path: str = "$") -> list[str]:
 
 
 def test_discovery_lists_the_service(client: FlaskClient) -> None:
-    """One service on patient-view with every required field, and nothing empty."""
+    """The service on patient-view, order-select and order-sign, every required field, nothing empty."""
     response = client.get("/cds-services")
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     body = response.get_json()
     assert _no_empty_values(body) == []
-    (service,) = body["services"]
-    assert service["id"] == "twitching-red-flags"
-    assert service["hook"] == "patient-view"
-    for field in ("title", "description"):
-        assert isinstance(service[field], str)
-    assert set(service) <= {"hook", "id", "title", "description", "prefetch", "usageRequirements"}
+    services = body["services"]
+    assert [s["hook"] for s in services] == ["patient-view", "order-select", "order-sign"]
+    for service in services:
+        assert service["id"] == "twitching-red-flags"
+        for field in ("title", "description"):
+            assert isinstance(service[field], str)
+        assert set(service) <= {"hook", "id", "title", "description", "prefetch", "usageRequirements"}
 
 
 def test_prefetch_asks_for_exactly_what_the_rules_read(client: FlaskClient) -> None:

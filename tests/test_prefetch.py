@@ -56,13 +56,20 @@ def test_operation_outcome_entries_are_reported(client: FlaskClient, weakness_ca
     assert "prefetch.observations.entry[0].resource" in cards[1]["detail"]
 
 
-def test_null_required_key_is_412(client: FlaskClient, weakness_call: dict[str, Any]) -> None:
-    """Medplum sends null for a template it could not fill: required data missing, 412."""
+def test_null_means_no_data(client: FlaskClient, weakness_call: dict[str, Any]) -> None:
+    """CDS Hooks 2.0: null is the EHR saying it has no data for the key (no fhirServer to re-read)."""
     weakness_call["prefetch"]["questionnaireResponses"] = None
+    weakness_call["prefetch"]["observations"] = None
+    assert client.post(HOOK, json=weakness_call).get_json() == {"cards": []}
+
+
+def test_null_patient_is_412(client: FlaskClient, weakness_call: dict[str, Any]) -> None:
+    """Without the Patient nothing can be evaluated: a null patient key is a 412 naming it."""
+    weakness_call["prefetch"]["patient"] = None
     response = client.post(HOOK, json=weakness_call)
     assert response.status_code == 412
     (issue,) = response.get_json()["issue"]
-    assert issue["expression"] == ["prefetch.questionnaireResponses"]
+    assert issue["expression"] == ["prefetch.patient"]
     assert "null" in issue["diagnostics"]
 
 
@@ -82,7 +89,9 @@ def test_operation_outcome_as_value_is_412(client: FlaskClient, weakness_call: d
     }
     response = client.post(HOOK, json=weakness_call)
     assert response.status_code == 412
-    assert "Access denied" in response.get_json()["issue"][0]["diagnostics"]
+    diagnostics = response.get_json()["issue"][0]["diagnostics"]
+    assert "error/forbidden" in diagnostics
+    assert "Access denied" not in diagnostics  # the EHR's free text may quote the patient
 
 
 def test_optional_keys_may_be_null_or_absent(client: FlaskClient, weakness_call: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from service.cdshooks.prefetch import prefetch_templates
 from service.web import json_response
 
 bp = Blueprint("discovery", __name__)
-SERVICE_HOOKS = ("patient-view",)
+SERVICE_HOOKS = ("patient-view", "order-select", "order-sign")
 DESCRIPTION = (
     "Red flags for leg and thigh muscle twitching (fasciculations): reads the patient's"
     " twitching-assessment QuestionnaireResponses, coded findings and electrolyte, thyroid,"
@@ -33,9 +33,11 @@ def services() -> Response:
                     "description": DESCRIPTION,
                     "prefetch": templates,
                     "usageRequirements": (
-                        "Prefetch is required: patient, observations and questionnaireResponses"
-                        " (412 when missing). Responses to the twitching-assessment Questionnaire"
-                        " are published at /fhir/Questionnaire/twitching-assessment."
+                        "Send prefetch (patient, observations and questionnaireResponses at least), or"
+                        " fhirServer with fhirAuthorization on a server this service allow-lists: it"
+                        " then fetches what prefetch lacks (412 when neither). order-select and"
+                        " order-sign need context.draftOrders. Responses to the twitching-assessment"
+                        " Questionnaire are published at /fhir/Questionnaire/twitching-assessment."
                     ),
                 }
                 for hook in SERVICE_HOOKS

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, g
 
 from service.api.common import evaluator, today
 from service.api.discovery import SERVICE_HOOKS
 from service.cdshooks.envelope import parse_hook_request
-from service.cdshooks.prefetch import check_required, read_prefetch
+from service.cdshooks.fetch import FhirFetcher, complete_prefetch
+from service.cdshooks.prefetch import read_prefetch
 from service.errors import NotFound
 from service.web import json_response, read_json_body
 
@@ -20,13 +22,15 @@ log = logging.getLogger("twitch_cds.hooks")
 
 @bp.post("/cds-services/<service_id>")
 def call(service_id: str) -> Response:
-    """Validate the envelope, read prefetch (412 when required data is missing), answer cards."""
+    """Validate the envelope, read prefetch, fetch what it lacks (412 when out of reach), answer cards."""
     if service_id != current_app.config["SERVICE_ID"]:
         raise NotFound.single(f"no CDS service {service_id!r}; see GET /cds-services", None)
     started = time.perf_counter()
     hook_request = parse_hook_request(read_json_body(), SERVICE_HOOKS)
+    g.hook_request = hook_request  # for the audit trail (service/store), written after the answer
     content = read_prefetch(hook_request.prefetch)
-    check_required(content, hook_request.prefetch)
+    fetcher = cast(FhirFetcher, current_app.extensions["fhir_fetcher"])
+    complete_prefetch(content, hook_request, fetcher, started + fetcher.settings.budget)
     engine = evaluator()
     intake = engine.intake(content.resources)
     patient_ref = f"Patient/{hook_request.patient_id}"
@@ -38,6 +42,7 @@ def call(service_id: str) -> Response:
         drafts=hook_request.draft_orders,
         notes=content.notes,
     )
+    g.hook_outcome = outcome  # the audit keeps its card and suggestion uuids and fired rules
     # Logged without patient data: the hook instance, the rules that fired, the time taken.
     log.info(
         "hook=%s instance=%s fired=%s ms=%.1f",

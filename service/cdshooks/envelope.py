@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import (
@@ -57,7 +57,12 @@ class HookRequestSchema(Schema):
 
     hook = fields.String(required=True, validate=validate.Length(min=1))
     hookInstance = fields.UUID(required=True)  # noqa: N815
-    fhirServer = fields.Url(require_tld=False, schemes={"http", "https"})  # noqa: N815
+    fhirServer = fields.Url(  # noqa: N815
+        require_tld=False,
+        schemes={"http", "https"},
+        # RFC 3986: a URI is ASCII (an IRI such as https://Ï must be sent percent-encoded).
+        validate=validate.Regexp(r"^[\x21-\x7e]+$", error="must be an ASCII URI (RFC 3986)"),
+    )
     fhirAuthorization = fields.Nested(FhirAuthorizationSchema, allow_none=True)  # noqa: N815
     context = fields.Nested(ContextSchema, required=True)
     prefetch = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))
@@ -92,6 +97,8 @@ class HookRequest:
     draft_orders: list[dict[str, Any]]
     fhir_server: str | None
     has_authorization: bool
+    # The bearer token for fhir_server only; kept out of repr so it never reaches a log line.
+    access_token: str | None = field(default=None, repr=False)
 
 
 def _flatten(messages: Any, path: str) -> list[Issue]:
@@ -138,4 +145,5 @@ def parse_hook_request(body: Any, service_hooks: tuple[str, ...]) -> HookRequest
         draft_orders=drafts,
         fhir_server=data.get("fhirServer"),
         has_authorization=data.get("fhirAuthorization") is not None,
+        access_token=(data.get("fhirAuthorization") or {}).get("access_token"),
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.engine.reference import LOINC, ReferenceData
-from service.errors import Issue, MissingData
+from service.errors import Issue
 from service.fhir.intake import SLEEP_DURATION_LOINC, Located
 
 # prefetch key -> the resource type it brings; the first three are required to evaluate.
@@ -55,6 +55,15 @@ def _outcome_text(outcome: dict[str, Any]) -> str:
     return "; ".join(texts) or "no details"
 
 
+def _outcome_codes(outcome: dict[str, Any]) -> str:
+    codes = [
+        f"{i.get('severity', '?')}/{i.get('code', '?')}"
+        for i in outcome.get("issue") or ()
+        if isinstance(i, dict)
+    ]
+    return ", ".join(codes) or "no issues"
+
+
 def _searched_types(bundle: dict[str, Any]) -> set[str]:
     # An empty searchset under a health system's own key name is identified by its self link.
     types = set()
@@ -65,15 +74,18 @@ def _searched_types(bundle: dict[str, Any]) -> set[str]:
     return types
 
 
-def read_prefetch(prefetch: dict[str, Any]) -> PrefetchContent:
+def read_prefetch(
+    prefetch: dict[str, Any], origin: str = "prefetch", content: PrefetchContent | None = None
+) -> PrefetchContent:
     """Read each value: searchset (maybe empty, maybe with OperationOutcomes), resource, null or outcome."""
-    content = PrefetchContent()
+    content = PrefetchContent() if content is None else content
     for key, value in prefetch.items():
-        path = f"prefetch.{key}"
+        path = f"{origin}.{key}"
         if value is None:
-            content.missing[key] = "sent as null: the EHR could not fill the template"
+            content.missing[key] = "sent as null (no data, or a template the EHR could not fill)"
         elif value.get("resourceType") == "OperationOutcome":
-            content.missing[key] = f"the EHR's prefetch failed: {_outcome_text(value)}"
+            # Only the outcome's codes: its free text may quote the patient, and the 412 is logged.
+            content.missing[key] = f"an OperationOutcome from the EHR ({_outcome_codes(value)})"
         elif value.get("resourceType") == "Bundle":
             content.searched.update(_searched_types(value))
             entries = value.get("entry") or []
@@ -99,22 +111,11 @@ def read_prefetch(prefetch: dict[str, Any]) -> PrefetchContent:
     return content
 
 
-def check_required(content: PrefetchContent, prefetch: dict[str, Any]) -> None:
-    """412 when required data is neither in prefetch nor (yet) obtainable from the FHIR server."""
+def missing_keys(content: PrefetchContent, prefetch: dict[str, Any]) -> dict[str, str]:
+    """Each advertised key whose data is in no usable prefetch value (under any key name), and why."""
     present_types = {r.resource.get("resourceType") for r in content.resources} | content.searched
-    issues: list[Issue] = []
-    for key in REQUIRED_KEYS:
-        usable = key in prefetch and key not in content.missing
-        if usable or KEY_TYPES[key] in present_types:
-            continue
-        why = content.missing.get(key, "not sent")
-        issues.append(
-            Issue(
-                f"prefetch.{key} ({KEY_TYPES[key]}) is {why}; this service cannot fetch it from"
-                " fhirServer, so it cannot evaluate the rules",
-                f"prefetch.{key}",
-                code="not-found",
-            )
-        )
-    if issues:
-        raise MissingData(issues)
+    return {
+        key: content.missing.get(key, "not sent")
+        for key, resource_type in KEY_TYPES.items()
+        if not (key in prefetch and key not in content.missing) and resource_type not in present_types
+    }

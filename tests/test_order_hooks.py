@@ -1,0 +1,146 @@
+"""order-select and order-sign: the same service, and cards that take the draft orders into account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.conftest import EXAMPLES, bundle_to_hook_request, card_rules, load_json, topic
+
+HOOK = "/cds-services/twitching-red-flags"
+EMG = ("http://www.ama-assn.org/go/cpt", "95886")
+NEUROLOGY = ("http://snomed.info/sct", "308474002")
+
+
+def draft(rid: str, system: str, code: str, resource_type: str = "ServiceRequest") -> dict[str, Any]:
+    """A draft order as the EHR puts it in context.draftOrders."""
+    resource: dict[str, Any] = {
+        "resourceType": resource_type,
+        "id": rid,
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/mnd-weakness"},
+    }
+    if resource_type == "MedicationRequest":
+        resource["medicationCodeableConcept"] = {"coding": [{"system": system, "code": code}]}
+    else:
+        resource["code"] = {"coding": [{"system": system, "code": code}]}
+    return resource
+
+
+def order_call(hook: str, *drafts: dict[str, Any]) -> dict[str, Any]:
+    """The motor-neuron example (weakness: yes) as an order hook call with these draft orders."""
+    call = bundle_to_hook_request(load_json(EXAMPLES / "motor-neuron-red-flags" / "fires-weakness.json"))
+    call["hook"] = hook
+    call["context"]["draftOrders"] = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": d} for d in drafts],
+    }
+    if hook == "order-select":
+        call["context"]["selections"] = [f"{d['resourceType']}/{d['id']}" for d in drafts]
+    return call
+
+
+def suggested(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (system, code) of every order a card suggests."""
+    return [
+        (coding["system"], coding["code"])
+        for s in card.get("suggestions", [])
+        for a in s["actions"]
+        for coding in a["resource"]["code"]["coding"]
+    ]
+
+
+def test_discovery_lists_every_hook_with_the_same_prefetch(client: FlaskClient) -> None:
+    """One service id on three hooks; each entry advertises the same prefetch templates."""
+    services = client.get("/cds-services").get_json()["services"]
+    assert {s["hook"]: s["id"] for s in services} == {
+        "patient-view": "twitching-red-flags",
+        "order-select": "twitching-red-flags",
+        "order-sign": "twitching-red-flags",
+    }
+    first = services[0]["prefetch"]
+    assert all(s["prefetch"] == first for s in services)
+
+
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_without_drafts_the_cards_match_patient_view(client: FlaskClient, hook: str) -> None:
+    """An unrelated draft (a medication) changes nothing: same card, same two suggestions."""
+    call = order_call(
+        hook, draft("med-1", "http://www.nlm.nih.gov/research/umls/rxnorm", "197361", "MedicationRequest")
+    )
+    response = client.post(HOOK, json=call)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    (card,) = response.get_json()["cards"]
+    assert card["source"]["topic"]["code"] == topic("motor-neuron-red-flags")
+    assert card["indicator"] == "critical"
+    assert suggested(card) == [NEUROLOGY, EMG]
+
+
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_a_drafted_order_is_not_suggested_again(client: FlaskClient, hook: str) -> None:
+    """EMG already drafted: only the referral is suggested, and the detail says why."""
+    response = client.post(HOOK, json=order_call(hook, draft("emg-1", *EMG)))
+    (card,) = response.get_json()["cards"]
+    assert card["indicator"] == "critical"
+    assert suggested(card) == [NEUROLOGY]
+    assert (
+        "EMG with nerve conduction studies: already ordered (ServiceRequest/emg-1 (draft order), draft)"
+        in (card["detail"])
+    )
+
+
+def test_an_equivalent_code_counts_as_the_same_order(client: FlaskClient) -> None:
+    """A draft coded with another code of the same order (SNOMED EMG) also counts."""
+    response = client.post(
+        HOOK, json=order_call("order-sign", draft("emg-2", "http://snomed.info/sct", "306276006"))
+    )
+    (card,) = response.get_json()["cards"]
+    assert suggested(card) == [NEUROLOGY]
+
+
+def test_everything_drafted_leaves_the_card_without_suggestions(client: FlaskClient) -> None:
+    """Both orders drafted: the red flag is still shown, with nothing left to suggest."""
+    call = order_call("order-sign", draft("emg-1", *EMG), draft("ref-1", *NEUROLOGY))
+    (card,) = client.post(HOOK, json=call).get_json()["cards"]
+    assert card["indicator"] == "critical"
+    assert "suggestions" not in card
+    assert "selectionBehavior" not in card
+
+
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_order_hooks_need_draft_orders(client: FlaskClient, hook: str) -> None:
+    """Without context.draftOrders the envelope is refused (400), with the path."""
+    call = order_call(hook)
+    del call["context"]["draftOrders"]
+    response = client.post(HOOK, json=call)
+    assert response.status_code == 400
+    assert ["context.draftOrders"] in [i.get("expression") for i in response.get_json()["issue"]]
+
+
+def test_unknown_hook_is_still_refused(client: FlaskClient) -> None:
+    """A hook the service is not registered for: 400 naming the hooks it answers."""
+    call = order_call("order-sign")
+    call["hook"] = "encounter-start"
+    response = client.post(HOOK, json=call)
+    assert response.status_code == 400
+    assert "patient-view, order-select, order-sign" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_active_order_on_the_chart_and_a_draft_both_count(client: FlaskClient) -> None:
+    """An active ServiceRequest in prefetch and a draft in context: neither order is suggested."""
+    call = order_call("order-select", draft("emg-1", *EMG))
+    active = draft("ref-active", *NEUROLOGY)
+    active["status"] = "active"
+    call["prefetch"]["serviceRequests"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": active}],
+    }
+    (card,) = client.post(HOOK, json=call).get_json()["cards"]
+    assert card_rules([card]) == [topic("motor-neuron-red-flags")]
+    assert "suggestions" not in card
+    assert "ServiceRequest/ref-active, active" in card["detail"]
