@@ -14,7 +14,10 @@ COPY rules ./rules
 ENV PATH=/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    TWITCH_CDS_RULES_DIR=/app/rules
+    TWITCH_CDS_RULES_DIR=/app/rules \
+    TWITCH_CDS_INSTANCE_DIR=/app/instance
+# The SQLite file and the development patient-hash key live here; mount a volume to keep them.
+RUN mkdir -p /app/instance && chown cds /app/instance
 USER cds
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \

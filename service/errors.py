@@ -103,3 +103,17 @@ class InternalError(ServiceError):
 
     status = 500
     issue_code = "exception"
+
+
+class TooManyRequests(ServiceError):
+    """A caller over its rate limit (429, with Retry-After)."""
+
+    status = 429
+    issue_code = "throttled"
+
+
+class ServiceUnavailable(ServiceError):
+    """A store the service needs to answer safely is unreachable (503)."""
+
+    status = 503
+    issue_code = "transient"

@@ -21,6 +21,7 @@ from service.errors import (
     UnsupportedMediaType,
     operation_outcome,
 )
+from service.security.limits import check_json_depth
 
 FHIR_JSON = "application/fhir+json"
 ACCEPTED_TYPES = ("application/json", FHIR_JSON)
@@ -43,9 +44,11 @@ def read_json_body() -> Any:
     if not data:
         raise BadRequest.single("the request body is empty; a JSON object is expected")
     try:
-        return orjson.loads(data)
+        body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadRequest.single(f"the body is not valid JSON: {exc}") from exc
+    check_json_depth(body)  # 400 past MAX_JSON_DEPTH
+    return body
 
 
 _HTTP_ERRORS: dict[int, type[ServiceError]] = {

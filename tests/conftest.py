@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,19 @@ SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "fhir_examples"
 # The examples are dated around this day; a fixed clock keeps look-backs reproducible.
 EXAMPLE_DAY = "2026-11-22"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _instance_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every app built by the tests keeps its SQLite file and dev secret in a temporary folder."""
+    key = "TWITCH_CDS_INSTANCE_DIR"
+    before = os.environ.get(key)
+    os.environ[key] = str(tmp_path_factory.mktemp("instance"))
+    yield
+    if before is None:
+        del os.environ[key]
+    else:
+        os.environ[key] = before
 
 
 @pytest.fixture

@@ -1,0 +1,57 @@
+"""POST /cds-services/{id}/feedback (CDS Hooks 2.0 feedback) and GET /feedback/summary (governance)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, g
+
+from service.cdshooks.feedback import parse_feedback
+from service.errors import NotFound, ServiceUnavailable
+from service.security import current_caller
+from service.store import stores
+from service.store.db import DatabaseError
+from service.web import json_response, read_json_body
+
+bp = Blueprint("feedback", __name__)
+log = logging.getLogger("twitch_cds.feedback")
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def receive(service_id: str) -> Response:
+    """Store each entry once (a resent batch is acknowledged, not doubled); unknown cards are flagged."""
+    if service_id != current_app.config["SERVICE_ID"]:
+        raise NotFound.single(f"no CDS service {service_id!r}; see GET /cds-services", None)
+    entries = parse_feedback(read_json_body())
+    caller = current_caller()
+    try:
+        result = stores().feedback.save(
+            service_id,
+            entries,
+            caller.issuer if caller else None,
+            caller.tenant if caller else None,
+            g.get("request_id", ""),
+        )
+    except DatabaseError as exc:
+        # 503, not 500: the client may resend the same batch later (it is idempotent).
+        raise ServiceUnavailable.single("feedback could not be stored right now; send it again") from exc
+    # Counts only: card ids and comments stay in the database.
+    log.info(
+        "feedback entries=%d stored=%d duplicates=%d unknown_cards=%d",
+        len(entries),
+        result.stored,
+        result.duplicates,
+        result.unknown_cards,
+    )
+    return json_response(
+        {"stored": result.stored, "duplicates": result.duplicates, "unknownCards": result.unknown_cards}
+    )
+
+
+@bp.get("/feedback/summary")
+def summary() -> Response:
+    """Per rule and version: cards shown, accepted, overridden, and the override reasons given."""
+    try:
+        return json_response(stores().feedback.summary())
+    except DatabaseError as exc:
+        raise ServiceUnavailable.single("the feedback store is unavailable; retry later") from exc

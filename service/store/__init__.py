@@ -1,0 +1,97 @@
+"""Durable state: the audit trail of hook calls, the cards they issued, and clinicians' feedback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from flask import Flask, Response, current_app, g, request
+
+from service.store.audit import AuditTrail, HookCall, PatientHasher, dev_secret, issued_cards
+from service.store.db import Database, DatabaseError
+from service.store.feedback import FeedbackStore
+from service.store.migrations import migrate
+
+log = logging.getLogger("twitch_cds.audit")
+HOOK_ENDPOINT = "hooks.call"
+SQLITE_FILE = "twitch-cds.sqlite3"
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The app's database and what is kept in it."""
+
+    db: Database
+    audit: AuditTrail
+    feedback: FeedbackStore
+    patient_hash: PatientHasher
+    rules_by_topic: dict[str, tuple[str, str]]  # card topic code -> (rule id, version)
+
+
+def stores() -> Stores:
+    """The stores built by create_app."""
+    return cast(Stores, current_app.extensions["stores"])
+
+
+def _hook_call(found: Stores, response: Response) -> HookCall:
+    """What the audit keeps of this hook call: identifiers, never clinical content."""
+    # The hook view leaves its parsed request and outcome on flask.g (absent when it failed early).
+    hook_request: Any = g.get("hook_request")
+    outcome: Any = g.get("hook_outcome")
+    caller = g.get("caller")
+    cards = issued_cards(list(getattr(outcome, "cards", None) or ()), found.rules_by_topic)
+    fired = list(getattr(outcome, "fired", None) or ())
+    versions = dict(found.rules_by_topic.values())
+    patient_id = getattr(hook_request, "patient_id", None)
+    return HookCall(
+        received_at=datetime.now(UTC),
+        request_id=g.get("request_id", ""),
+        service_id=(request.view_args or {}).get("service_id", ""),
+        status=response.status_code,
+        latency_ms=(time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
+        hook=getattr(hook_request, "hook", None),
+        hook_instance=getattr(hook_request, "hook_instance", None),
+        issuer=getattr(caller, "issuer", None),
+        subject=getattr(caller, "subject", None),
+        tenant=getattr(caller, "tenant", None),
+        jti=getattr(caller, "jti", None),
+        patient_hash=found.patient_hash(patient_id) if patient_id else None,
+        rules=[{"id": r, "version": versions.get(r, "")} for r in fired],
+        cards=cards,
+    )
+
+
+def _audit(found: Stores, response: Response) -> Response:
+    # Refused callers (401) are logged, not audited: an unauthenticated flood must not fill the trail.
+    if request.endpoint != HOOK_ENDPOINT or response.status_code == 401:
+        return response
+    try:
+        found.audit.record(_hook_call(found, response))
+    except DatabaseError as exc:
+        # The answer still goes out (decision support matters more than its record), loudly logged.
+        log.error("audit write failed for request %s: %s", g.get("request_id"), type(exc.__cause__).__name__)
+    return response
+
+
+def install_stores(app: Flask) -> Stores:
+    """Open (SQLite file or PostgreSQL), migrate, and record every hook call after it is answered."""
+    instance = Path(app.config["INSTANCE_DIR"] or app.instance_path)
+    db = Database(app.config["DATABASE_URL"], instance / SQLITE_FILE)
+    migrate(db)  # an unreachable database refuses to start, with the driver's message
+    secret = str(app.config["PATIENT_HASH_SECRET"]).encode() or dev_secret(instance)
+    ruleset = app.extensions["evaluator"].ruleset
+    found = Stores(
+        db=db,
+        audit=AuditTrail(db),
+        feedback=FeedbackStore(db),
+        patient_hash=PatientHasher(secret),
+        rules_by_topic={r.topic_code: (r.id, r.version) for r in ruleset.rules},
+    )
+    app.extensions["stores"] = found
+    app.after_request(lambda response: _audit(found, response))
+    log.info("feedback and audit stored in %s", db.where)
+    return found
