@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint docs bench clean
+.PHONY: run test lint docs bench clean system-deps
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,16 @@ lint: $(BIN)/activate
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint ## set up (once), lint, type-check and run every test
+# Headless Chromium for the browser tests (Debian packages; no browser download). Installed when
+# missing and running as root (CI); elsewhere the browser tests skip and say how to install it.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-dejavu-core >/dev/null; \
+	  else echo "note: chromium/chromedriver missing (apt-get install chromium chromium-driver): browser tests will skip"; fi; \
+	fi
+
+test: lint system-deps ## set up (once), lint, type-check and run every test
 	$(BIN)/pytest
 
 docs: $(BIN)/activate ## regenerate docs/rules.md from the rule set
@@ -31,4 +40,5 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 bench: $(BIN)/activate ## latency benchmark on loopback (needs wrk: apt-get install wrk)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/run.py

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-from service.api import catalogue, discovery, evaluate, fhir, health, hooks
+from service.api import apidocs, catalogue, discovery, evaluate, feedback, fhir, health, hooks, ui
+from service.cdshooks.fetch import FetchSettings, FhirFetcher
+from service.cdshooks.prefetch import prefetch_templates
 from service.config import load_config
 from service.engine.ruleset import load_ruleset
 from service.evaluation import Evaluator
 from service.fhir.questionnaire import build_questionnaire
+from service.logs import configure_logging
+from service.security import install_guard
+from service.store import install_stores
 from service.web import register_error_handlers
 
 SERVICE_TITLE = "Twitching red flags"
@@ -23,14 +27,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: load and check the rule set once, before the first request."""
     app = Flask(__name__)
     app.config.update(load_config(config))
-    logging.basicConfig(level=app.config["LOG_LEVEL"])
+    configure_logging(app.config["LOG_LEVEL"])  # JSON lines with the request id
     ruleset = load_ruleset(Path(app.config["RULES_DIR"]))  # RuleSetError: refuse to start
     canonical = app.config["CANONICAL_BASE"]
     app.extensions["evaluator"] = Evaluator(ruleset, canonical, SERVICE_TITLE)
     app.extensions["questionnaire"] = build_questionnaire(ruleset.reference.questionnaire, canonical)
+    # FetchConfigError: an unsafe or unusable FHIR_* setting refuses to start, like a flawed rule set.
+    app.extensions["fhir_fetcher"] = FhirFetcher(
+        FetchSettings.from_config(app.config), prefetch_templates(ruleset.reference)
+    )
     today = app.config.get("TODAY")
     app.extensions["today"] = (lambda: date.fromisoformat(today)) if today else date.today
     register_error_handlers(app)
-    for module in (discovery, hooks, evaluate, fhir, catalogue, health):
+    install_guard(app)  # ConfigError: unsafe security settings refuse to start
+    install_stores(app)  # opens and migrates the feedback and audit database
+    for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs):
         app.register_blueprint(module.bp)
     return app

@@ -19,6 +19,33 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "SERVICE_ID": ("twitching-red-flags", "The CDS service id in discovery and the hook URL."),
     "LOG_LEVEL": ("INFO", "Python log level."),
     "TODAY": ("", "Evaluate as of this ISO date instead of today (reproducible tests and demos)."),
+    # Trust (docs/security.md): authentication, storage, audit and abuse limits.
+    "ENV": ("development", "development or production; production refuses to start without issuers etc."),
+    "PUBLIC_BASE_URL": ("", "External base URL (with any path prefix); a JWT's aud must be it + the path."),
+    "ISSUERS": ("[]", "JSON list of trusted CDS clients {iss, jwks_url, jku, algorithms, subjects}."),
+    "JWT_LEEWAY_SECONDS": (30, "Clock skew allowed on exp, iat and nbf."),
+    "JWT_MAX_LIFETIME_SECONDS": (3600, "Longest exp - iat accepted (bounds the replay cache)."),
+    "JWKS_CACHE_SECONDS": (3600, "How long fetched JWKS keys are trusted before a refetch."),
+    "JWKS_MIN_REFRESH_SECONDS": (10, "Least time between two fetches of one JWKS (unknown kid)."),
+    "JWKS_TIMEOUT_SECONDS": (5, "Connect and read timeout of a JWKS fetch."),
+    "REDIS_URL": ("", "Redis for the jti replay cache and rate limits; empty: in-process only."),
+    "REDIS_PREFIX": ("twitch-cds:", "Prefix of every Redis key this service writes."),
+    "DATABASE_URL": ("", "postgresql://... for feedback and audit; empty: SQLite in INSTANCE_DIR."),
+    "INSTANCE_DIR": ("", "Writable folder for the SQLite file and dev secret; empty: Flask's instance."),
+    "PATIENT_HASH_SECRET": ("", "HMAC key for patient references in the audit; empty: generated (dev)."),
+    "RATE_LIMIT_PER_MINUTE": (600, "Requests per minute per issuer (per client address without auth)."),
+    "MAX_JSON_DEPTH": (64, "Deepest JSON nesting accepted in a body; deeper gets 400."),
+    "CORS_ORIGINS": ("*", "Browser origins allowed: * or a JSON list of origins."),
+    # Fallback fetch from the EHR's FHIR server when prefetch lacks data (docs/fhir-server.md).
+    "FHIR_SERVER_ALLOWLIST": (
+        "[]",
+        "JSON list of FHIR base URLs the service may fetch from; [] disables fetching.",
+    ),
+    "FHIR_FETCH_BUDGET_SECONDS": (2.0, "Time the whole fallback fetch may take (all requests, all pages)."),
+    "FHIR_FETCH_MAX_PAGES": (10, "Pages read per search (following next links); more ends on a warning."),
+    "FHIR_FETCH_PAGE_SIZE": (100, "_count asked of each search page."),
+    "FHIR_FETCH_MAX_BYTES": (4194304, "Most bytes read (decoded) per read or search, all pages together."),
+    "FHIR_CA_BUNDLE": ("", "PEM file of CAs that sign the FHIR servers' TLS certificates; empty: certifi."),
 }
 
 ENV_PREFIX = "TWITCH_CDS_"
