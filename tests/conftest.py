@@ -90,6 +90,22 @@ def card_rules(cards: list[dict[str, Any]]) -> list[str]:
     return [c["source"]["topic"]["code"] for c in cards]
 
 
+def card_signature(cards: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    """What must match between two answers: topic, indicator, suggested codes (uuids differ)."""
+    return [
+        (
+            c["source"]["topic"]["code"],
+            c["indicator"],
+            [
+                a["resource"]["code"]["coding"][0]["code"]
+                for s in c.get("suggestions", [])
+                for a in s["actions"]
+            ],
+        )
+        for c in cards
+    ]
+
+
 def topic(rule_id: str) -> str:
     """The topic code a rule id becomes on a card."""
     return rule_id.replace("-", "")

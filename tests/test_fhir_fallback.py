@@ -30,6 +30,7 @@ from service.app import create_app
 from service.cdshooks.fetch import FetchConfigError, FetchSettings
 from service.config import load_config
 from tests.conftest import EXAMPLE_DAY, EXAMPLES, bundle_to_hook_request, card_rules, load_json, topic
+from tests.conftest import card_signature as signature
 
 HOOK = "/cds-services/twitching-red-flags"
 TOKEN = "tok-7f3a9c2e-never-elsewhere"
@@ -255,22 +256,6 @@ def server_call(
         "subject": "twitch-cds",
     }
     return call
-
-
-def signature(cards: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
-    """What must match between two answers: topic, indicator, suggested codes (uuids differ)."""
-    return [
-        (
-            c["source"]["topic"]["code"],
-            c["indicator"],
-            [
-                a["resource"]["code"]["coding"][0]["code"]
-                for s in c.get("suggestions", [])
-                for a in s["actions"]
-            ],
-        )
-        for c in cards
-    ]
 
 
 def assert_412_is_clean(body: str) -> None:

@@ -40,6 +40,9 @@ from tests.conftest import (
     shared,
     topic,
 )
+from tests.conftest import (
+    card_signature as signature,
+)
 
 SERVER_DIR = ROOT / "tests" / "fhir_server"
 HOOK = "/cds-services/twitching-red-flags"
@@ -242,22 +245,6 @@ def _cards(client: FlaskClient, call: dict[str, Any]) -> list[dict[str, Any]]:
     response = client.post(HOOK, json=call)
     assert response.status_code == 200, response.get_data(as_text=True)[:2000]
     return list(response.get_json()["cards"])
-
-
-def signature(cards: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
-    """What must match between two answers: topic, indicator, suggested codes (uuids differ)."""
-    return [
-        (
-            c["source"]["topic"]["code"],
-            c["indicator"],
-            [
-                a["resource"]["code"]["coding"][0]["code"]
-                for s in c.get("suggestions", [])
-                for a in s["actions"]
-            ],
-        )
-        for c in cards
-    ]
 
 
 def _assessment(patient: Patient, example: Path) -> dict[str, Any]:

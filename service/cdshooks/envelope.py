@@ -15,7 +15,8 @@ from marshmallow import (
     validates_schema,
 )
 
-from service.errors import BadRequest, Issue
+from service.cdshooks.messages import issues_from_messages
+from service.errors import BadRequest
 
 FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"
 USER_REF = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-\.]{1,64}$"
@@ -101,20 +102,6 @@ class HookRequest:
     access_token: str | None = field(default=None, repr=False)
 
 
-def _flatten(messages: Any, path: str) -> list[Issue]:
-    if isinstance(messages, dict):
-        out: list[Issue] = []
-        for key, value in messages.items():
-            child = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
-            out.extend(_flatten(value, child))
-        return out
-    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
-        return [Issue(f"{path}: {m}", path or None, code="structure") for m in messages]
-    if isinstance(messages, list):
-        return [i for m in messages for i in _flatten(m, path)]
-    return [Issue(f"{path}: {messages}", path or None, code="structure")]
-
-
 _SCHEMA = HookRequestSchema()
 
 
@@ -125,7 +112,7 @@ def parse_hook_request(body: Any, service_hooks: tuple[str, ...]) -> HookRequest
     try:
         data = _SCHEMA.load(body)
     except ValidationError as exc:
-        raise BadRequest(_flatten(exc.messages, "")) from exc
+        raise BadRequest(issues_from_messages(exc.messages)) from exc
     if data["hook"] not in service_hooks:
         raise BadRequest.single(
             f"this service answers {', '.join(service_hooks)}, not {data['hook']!r}", "hook"

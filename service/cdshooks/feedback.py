@@ -16,7 +16,8 @@ from marshmallow import (
     validates_schema,
 )
 
-from service.errors import BadRequest, Issue
+from service.cdshooks.messages import issues_from_messages
+from service.errors import BadRequest
 from service.store.feedback import FeedbackEntry
 
 OUTCOMES = ("accepted", "overridden")
@@ -105,20 +106,6 @@ class FeedbackSchema(Schema):
     )
 
 
-def _flatten(messages: Any, path: str) -> list[Issue]:
-    if isinstance(messages, dict):
-        out: list[Issue] = []
-        for key, value in messages.items():
-            child = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
-            out.extend(_flatten(value, child))
-        return out
-    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
-        return [Issue(f"{path}: {m}", path or None, code="structure") for m in messages]
-    if isinstance(messages, list):
-        return [i for m in messages for i in _flatten(m, path)]
-    return [Issue(f"{path}: {messages}", path or None, code="structure")]
-
-
 def _reasons(entry: dict[str, Any]) -> tuple[list[dict[str, str]], str | None]:
     given = [entry["overrideReason"]] if entry.get("overrideReason") else []
     given += entry.get("overrideReasons") or []
@@ -143,7 +130,7 @@ def parse_feedback(body: Any) -> list[FeedbackEntry]:
     try:
         data = _SCHEMA.load(body)
     except ValidationError as exc:
-        raise BadRequest(_flatten(exc.messages, "")) from exc
+        raise BadRequest(issues_from_messages(exc.messages)) from exc
     entries = []
     for loaded, raw in zip(data["feedback"], body["feedback"], strict=True):
         codings, comment = _reasons(loaded)
