@@ -32,6 +32,13 @@ def _suggested_codes(card: dict[str, Any]) -> list[str]:
 
 def _check(cards: list[dict[str, Any]], expected: dict[str, Any], where: str) -> None:
     wanted = expected["cards"] or []
+    for card in cards:
+        # No card without the evidence that triggered it, and its source.
+        evidence = card["detail"].split("**Why this card**\n", 1)
+        if card["source"]["topic"]["code"] != "dataquality":
+            assert len(evidence) == 2, f"{where}: {card['summary']!r} shows no evidence"
+            assert evidence[1].startswith("- "), f"{where}: {card['summary']!r} lists no evidence"
+            assert "Sources: " in card["detail"], f"{where}: {card['summary']!r} cites no source"
     assert card_rules(cards) == [topic(c["rule"]) for c in wanted], where
     ruleset = load_ruleset(ROOT / "rules")
     for card, want in zip(cards, wanted, strict=True):
