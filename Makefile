@@ -14,7 +14,7 @@ $(BIN)/activate: pyproject.toml
 	touch $(BIN)/activate
 
 run: $(BIN)/activate ## set up (once) and serve on embedded defaults
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 'service.app:create_app()'
+	TWITCH_CDS_BIND=$(HOST):$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py
 
 lint: $(BIN)/activate
 	$(BIN)/ruff check .
@@ -39,6 +39,6 @@ docs: $(BIN)/activate ## regenerate docs/rules.md from the rule set
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-bench: $(BIN)/activate ## latency benchmark on loopback (needs wrk: apt-get install wrk)
+bench: $(BIN)/activate ## latency benchmark, production config on loopback (needs wrk and Redis)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/run.py

@@ -1,33 +1,79 @@
-"""Latency benchmark: gunicorn on loopback, wrk as the load, every figure also as a ratio to a baseline.
+"""Latency benchmark: the production gunicorn configuration on loopback, wrk as the load.
 
-The machines are shared and noisy, so the baseline (GET /healthz: routing and JSON, no rules) is
-measured in the same run and each scenario is reported against it. Loopback only.
+The machines are shared and noisy, so a trivial baseline (GET /healthz: routing and JSON, no
+rules, no authentication) is measured in the same run and every scenario is also reported as a
+ratio to it. The service runs as deployed: `gunicorn -c gunicorn.conf.py` with ENV=production, so
+every hook call and /evaluate carries a fresh ES384 JWT (a pool of pre-signed tokens with distinct
+jti, rotated by wrk's Lua script; the key set is served by a loopback http.server), its jti goes
+through the Redis replay cache, the rate limiter counts it, and the audit trail records it.
+PUBLIC_BASE_URL is the https URL a TLS-terminating proxy would expose; gunicorn itself listens on
+plain http on 127.0.0.1, as it would behind that proxy. The rate limit is raised: one issuer sends
+all the load. Needs wrk, Redis (--redis-url) and the Synthea records in ../shared.
 
-    python bench/run.py [--seconds 5] [--connections 8]
+    python bench/run.py [--seconds 5] [--connections 8] [--workers 2] [--runs 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import http.server
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
+import jwt
+import redis
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHEA = ROOT.parent / "shared" / "fhir" / "synthea"
+# An adult, alive, with the most Observations: every rule is evaluated (a child gets one card).
+RECORD = "Angelic_Mueller_29d755a6-32fa-482e-8fdd-081300209df8.json"
 RED_FLAG_EXAMPLE = ROOT / "fhir_examples" / "motor-neuron-red-flags" / "fires-weakness.json"
 HOST = "127.0.0.1"
+ISSUER = "https://ehr.bench.invalid"
+PUBLIC_BASE_URL = "https://cds.bench.invalid"
+HOOK_PATH = "/cds-services/twitching-red-flags"
+# Most hook calls a second the two cores could conceivably answer: sizes the token pools.
+MAX_RATE = 2500
+
+LUA = """
+local counter = 0
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  tokens = {}
+  for line in io.lines("%(dir)s/tokens-" .. id .. ".txt") do tokens[#tokens + 1] = line end
+  local f = io.open("%(body)s", "rb")
+  body = f:read("*a")
+  f:close()
+  i = 0
+end
+function request()
+  i = i + 1
+  -- Past the end of the pool a token is replayed and refused (401): it shows up as errors.
+  local token = tokens[i] or tokens[#tokens]
+  return wrk.format("POST", "%(path)s",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}, body)
+end
+"""
 
 
 def _free_port() -> int:
@@ -45,10 +91,9 @@ def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _bodies(workdir: Path) -> dict[str, Path]:
-    """Request bodies: a realistic patient-view, the same with 1,000 Observations, a whole record."""
-    record_path = max(SYNTHEA.glob("*.json"), key=lambda p: p.stat().st_size)
-    record = json.loads(record_path.read_text())
+def _bodies() -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, path, body): a realistic patient-view, the same with 1,000 Observations, a whole record."""
+    record = json.loads((SYNTHEA / RECORD).read_text())
     resources = [e["resource"] for e in record["entry"]]
     patient = next(r for r in resources if r["resourceType"] == "Patient")
     observations = [r for r in resources if r["resourceType"] == "Observation"]
@@ -81,29 +126,54 @@ def _bodies(workdir: Path) -> dict[str, Path]:
             many.append(clone)
             if len(many) == 1000:
                 break
-    bodies = {
-        f"patient-view ({len(observations)} Observations + red-flag QR)": call(observations),
-        "patient-view (1,000 Observations)": call(many),
-        f"/evaluate (whole Synthea record, {len(resources)} resources)": record,
-    }
-    out = {}
-    for i, (name, body) in enumerate(bodies.items()):
-        path = workdir / f"body{i}.json"
-        path.write_text(json.dumps(body))
-        out[name] = path
-    return out
+    return [
+        (f"patient-view ({len(observations)} Observations + red-flag QR)", HOOK_PATH, call(observations)),
+        ("patient-view (1,000 Observations + red-flag QR)", HOOK_PATH, call(many)),
+        (f"/evaluate (whole Synthea record, {len(resources)} resources)", "/evaluate", record),
+    ]
 
 
-def _wrk(url: str, seconds: int, connections: int, body: Path | None, workdir: Path) -> dict[str, float]:
-    script = workdir / "post.lua"
-    if body is not None:
-        script.write_text(
-            'wrk.method = "POST"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'local f = io.open("{body}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
-        )
+class Keys:
+    """An ES384 key whose JWK Set is served on loopback, and the tokens it signs."""
+
+    def __init__(self) -> None:
+        self.private = ec.generate_private_key(ec.SECP384R1())
+        self.kid = "bench-" + secrets.token_hex(4)
+        jwk = dict(ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True))
+        body = json.dumps({"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "ES384"}]}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.jwks_url = f"http://{HOST}:{self.server.server_port}/jwks.json"
+
+    def token(self, audience: str) -> str:
+        """A fresh token: distinct jti, five minutes of life."""
+        now = int(time.time())
+        claims = {"iss": ISSUER, "sub": "bench", "aud": audience, "iat": now, "exp": now + 300}
+        claims["jti"] = str(uuid.uuid4())
+        return jwt.encode(claims, self.private, algorithm="ES384", headers={"kid": self.kid})
+
+    def pool(self, audience: str, count: int, workdir: Path, threads: int) -> None:
+        """Write `count` tokens split over one file per wrk thread (a jti is never sent twice)."""
+        for t in range(threads):
+            lines = [self.token(audience) for _ in range(count // threads)]
+            (workdir / f"tokens-{t}.txt").write_text("\n".join(lines) + "\n")
+
+
+def _wrk(url: str, seconds: int, connections: int, script: Path | None) -> dict[str, float]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    if body is not None:
+    if script is not None:
         command[1:1] = ["-s", str(script)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
@@ -123,71 +193,156 @@ def _wrk(url: str, seconds: int, connections: int, body: Path | None, workdir: P
     return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": errors}
 
 
-def _worker_rss_mb(master_pid: int) -> list[float]:
+def _worker_memory_mb(master_pid: int) -> list[tuple[float, float]]:
+    """(RSS, PSS) of each worker: PSS shares the preloaded pages among the processes holding them."""
     children = subprocess.run(
         ["pgrep", "-P", str(master_pid)], capture_output=True, text=True, check=False
     ).stdout.split()
     sizes = []
     for pid in children:
-        status = Path(f"/proc/{pid}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        if match:
-            sizes.append(int(match.group(1)) / 1024)
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        rss = re.search(r"^Rss:\s+(\d+) kB", rollup, re.M)
+        pss = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+        if rss and pss:
+            sizes.append((int(rss.group(1)) / 1024, int(pss.group(1)) / 1024))
     return sizes
 
 
+def _environment(args: argparse.Namespace, port: int, keys: Keys, workdir: Path) -> dict[str, str]:
+    issuers = [{"iss": ISSUER, "jwks_url": keys.jwks_url, "algorithms": ["ES384"]}]
+    return {
+        **os.environ,
+        "TWITCH_CDS_ENV": "production",
+        "TWITCH_CDS_BIND": f"{HOST}:{port}",
+        "TWITCH_CDS_WORKERS": str(args.workers),
+        "TWITCH_CDS_THREADS": str(args.threads),
+        "TWITCH_CDS_ISSUERS": json.dumps(issuers),
+        "TWITCH_CDS_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "TWITCH_CDS_REDIS_URL": args.redis_url,
+        "TWITCH_CDS_REDIS_PREFIX": f"twitch-cds-bench-{secrets.token_hex(4)}:",
+        "TWITCH_CDS_PATIENT_HASH_SECRET": secrets.token_hex(32),
+        "TWITCH_CDS_DATABASE_URL": args.database_url,
+        "TWITCH_CDS_INSTANCE_DIR": str(workdir / "instance"),
+        "TWITCH_CDS_RATE_LIMIT_PER_MINUTE": str(10**9),
+        "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+    }
+
+
+def _wait_ready(base: str, server: subprocess.Popen[bytes], started: float) -> float:
+    while time.perf_counter() - started < 30:
+        if server.poll() is not None:
+            raise RuntimeError("gunicorn exited during start-up; see its log above")
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as answer:  # noqa: S310 (loopback)
+                if answer.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("not ready within 30 s")
+
+
+def _run_once(args: argparse.Namespace, keys: Keys, bodies: list[tuple[str, str, dict[str, Any]]]) -> None:
+    port = _free_port()
+    base = f"http://{HOST}:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "metrics").mkdir()
+        log_path = workdir / "gunicorn.log"
+        with log_path.open("wb") as log:
+            started = time.perf_counter()
+            server = subprocess.Popen(
+                [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"],
+                cwd=ROOT,
+                env=_environment(args, port, keys, workdir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                try:
+                    ready = _wait_ready(base, server, started)
+                except RuntimeError:
+                    sys.stderr.write(log_path.read_text()[-4000:])
+                    raise
+                rows = [
+                    (
+                        "baseline GET /healthz (no auth)",
+                        _wrk(f"{base}/healthz", args.seconds, args.connections, None),
+                    )
+                ]
+                for i, (name, path, body) in enumerate(bodies):
+                    scenario = workdir / f"s{i}"
+                    scenario.mkdir()
+                    (scenario / "body.json").write_text(json.dumps(body))
+                    keys.pool(PUBLIC_BASE_URL + path, MAX_RATE * args.seconds, scenario, threads=2)
+                    script = scenario / "post.lua"
+                    script.write_text(LUA % {"dir": scenario, "body": scenario / "body.json", "path": path})
+                    rows.append((name, _wrk(base + path, args.seconds, args.connections, script)))
+                memory = _worker_memory_mb(server.pid)
+            finally:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=20)
+    baseline = rows[0][1]
+    kind = f"gthread x{args.threads}" if args.threads > 1 else "sync"
+    print(
+        f"gunicorn -c gunicorn.conf.py, ENV=production (ES384 JWT per call, Redis replay cache,"
+        f" audit in {'PostgreSQL' if args.database_url else 'SQLite'}), {args.workers} {kind} workers;"
+        f" wrk 2 threads, {args.connections} connections, {args.seconds}s each; {os.cpu_count()} CPUs"
+    )
+    print(f"ready (GET /readyz 200) {ready:.2f}s after start")
+    print(f"{'scenario':<58} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for name, r in rows:
+        print(
+            f"{name:<58} {r['rps']:>8.0f} {r['rps'] / baseline['rps']:>6.2f}"
+            f" {r['p50']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}"
+        )
+    print(
+        "worker memory after the run: "
+        + ", ".join(f"RSS {rss:.0f} MB (PSS {pss:.0f} MB)" for rss, pss in memory)
+    )
+
+
 def main() -> int:
-    """Start the service, load it, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    """Start the service as deployed, load it, print the table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker (>1: gthread)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole measurement")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("TWITCH_CDS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument(
+        "--database-url", default="", help="postgresql://...; empty: SQLite in a temporary folder"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
-    if not SYNTHEA.exists():
-        print(f"{SYNTHEA} is missing: the benchmark uses the shared Synthea records", file=sys.stderr)
+    if not (SYNTHEA / RECORD).exists():
+        print(
+            f"{SYNTHEA / RECORD} is missing: the benchmark uses the shared Synthea records", file=sys.stderr
+        )
         return 2
-    port = _free_port()
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    started = time.perf_counter()
-    server = subprocess.Popen(
-        [str(gunicorn), "--bind", f"{HOST}:{port}", "--workers", str(args.workers),
-         "--log-level", "warning", "service.app:create_app()"],
-        cwd=ROOT,
-        env={**os.environ, "TWITCH_CDS_LOG_LEVEL": "WARNING"},
-    )  # fmt: skip
-    base = f"http://{HOST}:{port}"
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)  # noqa: S310 (loopback)
-                break
-            except OSError:
-                time.sleep(0.05)
-        ready = time.perf_counter() - started
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            bodies = _bodies(workdir)
-            baseline = _wrk(f"{base}/healthz", args.seconds, args.connections, None, workdir)
-            rows = [("baseline GET /healthz", baseline)]
-            for name, body in bodies.items():
-                path = "/evaluate" if name.startswith("/evaluate") else "/cds-services/twitching-red-flags"
-                rows.append((name, _wrk(base + path, args.seconds, args.connections, body, workdir)))
-        print(f"gunicorn {args.workers} workers, wrk {args.connections} connections, {args.seconds}s each")
-        print(f"ready to serve {ready:.2f}s after start")
-        print(f"{'scenario':<58} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-        for name, r in rows:
-            print(
-                f"{name:<58} {r['rps']:>8.0f} {r['rps'] / baseline['rps']:>6.2f}"
-                f" {r['p50']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}"
-            )
-        sizes = _worker_rss_mb(server.pid)
-        print("worker memory (RSS): " + ", ".join(f"{s:.0f} MB" for s in sizes))
+        redis.Redis.from_url(args.redis_url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        print(f"Redis at {args.redis_url} is unreachable ({exc}); production mode needs it", file=sys.stderr)
+        return 2
+    keys = Keys()
+    bodies = _bodies()
+    try:
+        for run in range(args.runs):
+            if args.runs > 1:
+                print(f"--- run {run + 1} of {args.runs}")
+            _run_once(args, keys, bodies)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+        keys.server.shutdown()
     return 0
 
 

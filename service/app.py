@@ -16,8 +16,10 @@ from service.engine.ruleset import load_ruleset
 from service.evaluation import Evaluator
 from service.fhir.questionnaire import build_questionnaire
 from service.logs import configure_logging
+from service.metrics import install_metrics
 from service.security import install_guard
 from service.store import install_stores
+from service.warmup import warm_up
 from service.web import register_error_handlers
 
 SERVICE_TITLE = "Twitching red flags"
@@ -39,8 +41,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     today = app.config.get("TODAY")
     app.extensions["today"] = (lambda: date.fromisoformat(today)) if today else date.today
     register_error_handlers(app)
+    install_metrics(app)  # first, so its timer starts before the guard's checks
     install_guard(app)  # ConfigError: unsafe security settings refuse to start
     install_stores(app)  # opens and migrates the feedback and audit database
     for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs):
         app.register_blueprint(module.bp)
+    if int(app.config["WARM_UP"]):
+        # Under gunicorn --preload this runs once in the master; the workers inherit it on fork.
+        warm_up(app.extensions["evaluator"], canonical, discovery.SERVICE_HOOKS)
     return app

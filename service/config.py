@@ -18,7 +18,17 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     ),
     "SERVICE_ID": ("twitching-red-flags", "The CDS service id in discovery and the hook URL."),
     "LOG_LEVEL": ("INFO", "Python log level."),
+    "WARM_UP": (
+        0,
+        "1: run one dummy evaluation at start-up so the first call is not slow (gunicorn sets 1).",
+    ),
     "TODAY": ("", "Evaluate as of this ISO date instead of today (reproducible tests and demos)."),
+    # Serving (gunicorn.conf.py, docs/deploy.md): read by the gunicorn configuration, not the app.
+    "BIND": ("127.0.0.1:8080", "Address gunicorn listens on (the container image sets 0.0.0.0:8080)."),
+    "WORKERS": (0, "gunicorn worker processes; 0: one per CPU the process may use (cgroup limit)."),
+    "THREADS": (1, "Threads per worker; 1: sync workers, more: gthread workers."),
+    "OPENAPI_PATH": ("", "openapi.yaml served at /openapi.yaml and /docs; empty: the checkout's."),
+    "EXAMPLES_DIR": ("", "fhir_examples/ folder the card viewer offers; empty: the checkout's."),
     # Trust (docs/security.md): authentication, storage, audit and abuse limits.
     "ENV": ("development", "development or production; production refuses to start without issuers etc."),
     "PUBLIC_BASE_URL": ("", "External base URL (with any path prefix); a JWT's aud must be it + the path."),

@@ -38,10 +38,11 @@ class Evaluator:
             ruleset.reference, questionnaire_url(canonical_base, ruleset.reference.questionnaire)
         )
         self.renderer = CardRenderer(ruleset.reference, canonical_base, service_title)
+        self.rule_by_topic = {rule.topic_code: rule.id for rule in ruleset.rules}  # for the card metrics
 
-    def intake(self, resources: list[Located]) -> Intake:
-        """Select and validate the resources the rules read."""
-        return take_in(resources, self.selector)
+    def intake(self, resources: list[Located], latest_labs_only: bool = False) -> Intake:
+        """Select and validate the resources the rules read (with the flag: only the latest lab results)."""
+        return take_in(resources, self.selector, self.extractor.usable_lab if latest_labs_only else None)
 
     def run(
         self,

@@ -9,6 +9,7 @@ from flask import Blueprint, Response
 from service.api.common import evaluator, today
 from service.errors import BadRequest, InvalidFhir, Issue
 from service.fhir.intake import Located
+from service.metrics import count_cards
 from service.web import json_response, read_json_body
 
 bp = Blueprint("evaluate", __name__)
@@ -75,4 +76,5 @@ def evaluate_bundle() -> Response:
     patient_ref = f"Patient/{patient.id}" if patient.id else min(patient_refs, default="Patient")
     patient_refs.add(patient_ref)
     outcome = engine.run(intake, patient_refs, patient_ref, today())
+    count_cards(outcome.cards, engine.rule_by_topic)
     return json_response({"cards": outcome.cards})

@@ -1,16 +1,41 @@
-"""GET /healthz: the process is up and its rule set loaded (it would not have started otherwise)."""
+"""Operations: GET /healthz (alive), GET /readyz (ready for traffic), GET /metrics (Prometheus)."""
 
 from __future__ import annotations
+
+import logging
 
 from flask import Blueprint, Response
 
 from service.api.common import evaluator
+from service.errors import ServiceUnavailable
+from service.metrics import metrics_response
+from service.store import stores
+from service.store.db import DatabaseError
 from service.web import json_response
 
 bp = Blueprint("health", __name__)
+log = logging.getLogger("twitch_cds.health")
 
 
 @bp.get("/healthz")
 def healthz() -> Response:
     """Alive, with the number of rules loaded."""
     return json_response({"status": "ok", "rules": len(evaluator().ruleset.rules)})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Ready: rules loaded and the database reachable; 503 OperationOutcome when it is not."""
+    try:
+        stores().db.ping()
+    except DatabaseError as exc:
+        # The driver's message names the host, not request data; it tells the operator what failed.
+        log.warning("not ready: database unreachable (%s)", exc)
+        raise ServiceUnavailable.single("the database is unreachable; not ready for traffic") from exc
+    return json_response({"status": "ready", "rules": len(evaluator().ruleset.rules), "database": "ok"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text exposition, summed over the gunicorn workers; no patient data in any label."""
+    return metrics_response()

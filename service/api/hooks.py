@@ -14,6 +14,7 @@ from service.cdshooks.envelope import parse_hook_request
 from service.cdshooks.fetch import FhirFetcher, complete_prefetch
 from service.cdshooks.prefetch import read_prefetch
 from service.errors import NotFound
+from service.metrics import HOOK_SECONDS, count_cards
 from service.web import json_response, read_json_body
 
 bp = Blueprint("hooks", __name__)
@@ -32,7 +33,9 @@ def call(service_id: str) -> Response:
     fetcher = cast(FhirFetcher, current_app.extensions["fhir_fetcher"])
     complete_prefetch(content, hook_request, fetcher, started + fetcher.settings.budget)
     engine = evaluator()
-    intake = engine.intake(content.resources)
+    # The hot path models only the newest usable result per analyte (older ones cannot change a
+    # card); /evaluate still validates everything, because its callers want every problem listed.
+    intake = engine.intake(content.resources, latest_labs_only=True)
     patient_ref = f"Patient/{hook_request.patient_id}"
     outcome = engine.run(
         intake,
@@ -43,12 +46,15 @@ def call(service_id: str) -> Response:
         notes=content.notes,
     )
     g.hook_outcome = outcome  # the audit keeps its card and suggestion uuids and fired rules
+    elapsed = time.perf_counter() - started
+    HOOK_SECONDS.labels(hook_request.hook).observe(elapsed)
+    count_cards(outcome.cards, engine.rule_by_topic)
     # Logged without patient data: the hook instance, the rules that fired, the time taken.
     log.info(
         "hook=%s instance=%s fired=%s ms=%.1f",
         hook_request.hook,
         hook_request.hook_instance,
         ",".join(outcome.fired) or "-",
-        (time.perf_counter() - started) * 1000,
+        elapsed * 1000,
     )
     return json_response({"cards": outcome.cards})

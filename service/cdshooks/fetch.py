@@ -21,6 +21,7 @@ import urllib3
 from service.cdshooks.envelope import HookRequest
 from service.cdshooks.prefetch import KEY_TYPES, REQUIRED_KEYS, PrefetchContent, missing_keys, read_prefetch
 from service.errors import Issue, MissingData
+from service.metrics import observe_fetch
 
 log = logging.getLogger("twitch_cds.fetch")
 # urllib3 logs every request URL at DEBUG, and a search URL names the patient: never below INFO.
@@ -339,6 +340,7 @@ class FhirFetcher:
         self, fhir_server: str, token: str | None, patient_id: str, keys: list[str], deadline: float
     ) -> Fetched:
         """Fetch every key at once; whatever is unanswered at the deadline fails as a timeout."""
+        started = time.perf_counter()
         base = Base.parse(fhir_server)  # refusal() has accepted it
         runs = {
             key: _Run(self.queries[key], base, token, patient_id, deadline, self.settings.max_bytes)
@@ -362,6 +364,7 @@ class FhirFetcher:
                 fetched.failures[key] = outcome
             else:
                 fetched.values[key] = outcome
+        observe_fetch(time.perf_counter() - started, [f.code for f in fetched.failures.values()])
         return fetched
 
     def _timeout(self) -> Failure:

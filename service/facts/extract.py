@@ -289,6 +289,15 @@ class FactExtractor:
         unit = quantity.code or quantity.unit or analyte.unit
         return self._convert(analyte, float(quantity.value), unit)
 
+    def usable_lab(self, obs: Any) -> bool:
+        """True for a result _read_labs judges: final, with a value, in a unit converted here."""
+        loinc = next((c for s, c in _codes(obs.code) if s == LOINC), None)
+        analyte = self.analytes.get(loinc) if loinc else None
+        quantity = obs.valueQuantity
+        if analyte is None or obs.status not in LAB_STATUSES or quantity is None or quantity.value is None:
+            return False
+        return self._convert(analyte, float(quantity.value), quantity.code or quantity.unit) is not None
+
     def _read_labs(self, intake: Intake, facts: PatientFacts, builder: FactBuilder, sex: str | None) -> None:
         latest: dict[str, tuple[date | None, LabResult]] = {}
         for obs, path in intake.observations:

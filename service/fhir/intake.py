@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import pydantic
@@ -86,12 +87,31 @@ class Selector:
     def __init__(self, reference: ReferenceData) -> None:
         self.lab_codes = frozenset(reference.analyte_by_loinc()) | {SLEEP_DURATION_LOINC}
         self.finding_codes = frozenset(c.key() for codes in reference.findings.values() for c in codes)
+        self.analyte_of = {loinc: analyte.id for loinc, analyte in reference.analyte_by_loinc().items()}
 
     def _codes(self, concept: Any) -> Iterator[tuple[str, str]]:
         if isinstance(concept, dict):
             for coding in concept.get("coding") or ():
                 if isinstance(coding, dict):
                     yield (str(coding.get("system")), str(coding.get("code")))
+
+    def lab_group(self, resource: dict[str, Any]) -> tuple[str, str] | None:
+        """(analyte id, subject) of an Observation the rules read only as a lab result, else None."""
+        # The extractor judges an Observation by its first LOINC coding (with system and code set);
+        # anything also carrying a finding code, or a sleep duration, is read differently: None.
+        if resource.get("resourceType") != "Observation":
+            return None
+        codes = list(self._codes(resource.get("code")))
+        loinc = next((c for system, c in codes if system == LOINC and c not in ("", "None")), None)
+        analyte = self.analyte_of.get(loinc) if loinc is not None else None
+        if analyte is None:
+            return None
+        if any(
+            key in self.finding_codes for key in (*codes, *self._codes(resource.get("valueCodeableConcept")))
+        ):
+            return None
+        subject = resource.get("subject")
+        return analyte, str(subject.get("reference") if isinstance(subject, dict) else subject)
 
     def wanted(self, resource: dict[str, Any]) -> bool:
         """True for a resource the rules read."""
@@ -169,13 +189,52 @@ def validate(located: Located) -> tuple[Any | None, list[Issue]]:
     return (None if problems else model), problems
 
 
-def take_in(resources: Iterable[Located], selector: Selector) -> Intake:
-    """Validate the resources the rules read; everything invalid is reported with its path."""
+def _effective_date(raw: dict[str, Any]) -> date | None:
+    """The day a raw Observation counts from, as the extractor reads it from the model; None if unclear."""
+    period = raw.get("effectivePeriod")
+    period_end = (period.get("end") or period.get("start")) if isinstance(period, dict) else None
+    stamp = raw.get("effectiveDateTime") or raw.get("effectiveInstant") or period_end or raw.get("issued")
+    if not isinstance(stamp, str) or len(stamp) < 4:
+        return None
+    parts = [*stamp[:10].split("-"), "01", "01"][:3]
+    try:
+        return date(int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError:
+        return None
+
+
+def take_in(
+    resources: Iterable[Located], selector: Selector, usable_lab: Callable[[Any], bool] | None = None
+) -> Intake:
+    """Validate the resources the rules read; everything invalid is reported with its path.
+
+    With `usable_lab`, lab results are validated newest first, per analyte code and subject, until
+    one is valid and usable: the rules read only the latest, so older ones are never modelled.
+    """
     intake = Intake()
-    for located in resources:
+    results: dict[int, tuple[Located, Any, list[Issue]]] = {}
+    labs: dict[tuple[str, str], list[tuple[date | None, int, Located]]] = {}
+    for index, located in enumerate(resources):
         if not selector.wanted(located.resource):
             continue
-        model, problems = validate(located)
+        group = selector.lab_group(located.resource) if usable_lab is not None else None
+        if group is not None:
+            labs.setdefault(group, []).append((_effective_date(located.resource), index, located))
+        else:
+            results[index] = (located, *validate(located))
+    for candidates in labs.values():
+        # Newest first, and among one day the earliest in the request (the extractor's tie-break).
+        candidates.sort(key=lambda c: (-(c[0] or date.min).toordinal(), c[1]))
+        chosen = False
+        for when, index, located in candidates:
+            # Past the chosen one only results of unclear date are read: the extractor may rank them.
+            if chosen and when is not None:
+                continue
+            model, problems = validate(located)
+            results[index] = (located, model, problems)
+            chosen = chosen or (model is not None and usable_lab is not None and usable_lab(model))
+    for index in sorted(results):  # request order, as every check downstream expects
+        located, model, problems = results[index]
         intake.problems.extend(problems)
         if located.resource["resourceType"] == "Patient":
             intake.patient_problems.extend(problems)

@@ -143,6 +143,14 @@ class Database:
                 self._drop()
             raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
 
+    def ping(self) -> None:
+        """One round trip (SELECT 1) without a transaction; DatabaseError when unreachable."""
+        try:
+            self._connection().execute("SELECT 1").fetchone()
+        except (sqlite3.Error, psycopg.Error) as exc:
+            self._drop()  # a broken connection is reopened on the next call
+            raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+
     def close(self) -> None:
         """Close this thread's connection."""
         self._drop()

@@ -1,0 +1,83 @@
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py` is how `make run`, the Dockerfile and the tests serve.
+
+Settings come from TWITCH_CDS_* variables (service/config.py): BIND, WORKERS, THREADS. The app is
+loaded once in the master (preload, with WARM_UP) and forked, so each worker is ready the moment
+it starts and shares the loaded rule set and models copy-on-write. Prometheus multiprocess mode
+gets its directory here, before anything imports prometheus_client.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from service.config import load_config
+
+_settings = load_config()
+
+
+def _cpu_limit() -> int:
+    """CPUs this process may use: the cgroup quota (a container limit) or the affinity mask."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit readable: the affinity mask is the limit
+    return cpus
+
+
+# Set before the app (and prometheus_client) is imported by preload: every worker writes its
+# samples under this directory and GET /metrics sums them.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="twitch-cds-metrics-")
+_METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+# Warm the validators and rule engine in the master before forking (service/warmup.py).
+os.environ.setdefault("TWITCH_CDS_WARM_UP", "1")
+
+wsgi_app = "service.app:create_app()"
+bind = [str(_settings["BIND"])]
+# The work is CPU-bound (JSON, pydantic, rules): one process per CPU; WORKERS overrides.
+workers = int(_settings["WORKERS"]) or _cpu_limit()
+# sync workers measured fastest on this CPU-bound path (docs/deploy.md); behind a load balancer
+# that keeps connections open, gthread (THREADS > 1) stops one idle keep-alive from holding a worker.
+threads = int(_settings["THREADS"])
+worker_class = "gthread" if threads > 1 else "sync"
+preload_app = True
+# A hook call is answered in milliseconds; 30 s means a stuck worker, which is killed and replaced.
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+# The heartbeat file lives in memory, so a read-only root filesystem (Kubernetes) is fine.
+worker_tmp_dir = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108 (gunicorn's advice)
+accesslog = "-"
+errorlog = "-"
+loglevel = str(_settings["LOG_LEVEL"]).lower()
+logger_class = "service.gunicorn_log.JsonAccessLogger"
+# Plain http behind the TLS-terminating proxy or ingress; its forwarded headers are trusted.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def on_starting(server: Any) -> None:
+    """Start with an empty metrics directory: files of an earlier run would be summed in."""
+    for path in _METRICS_DIR.glob("*.db"):
+        path.unlink()
+    _METRICS_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (its counters stay in the totals, as Prometheus expects)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory this configuration created."""
+    if _METRICS_DIR.name.startswith("twitch-cds-metrics-"):
+        shutil.rmtree(_METRICS_DIR, ignore_errors=True)
