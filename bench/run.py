@@ -40,6 +40,10 @@ import redis
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from service.cdshooks.bundles import hook_request_for_bundle
+from service.cdshooks.prefetch import prefetch_templates
+from service.engine.reference import load_reference
+
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHEA = ROOT.parent / "shared" / "fhir" / "synthea"
 # An adult, alive, with the most Observations: every rule is evaluated (a child gets one card).
@@ -82,15 +86,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
-    }
-
-
 def _bodies() -> list[tuple[str, str, dict[str, Any]]]:
     """(name, path, body): a realistic patient-view, the same with 1,000 Observations, a whole record."""
     record = json.loads((SYNTHEA / RECORD).read_text())
@@ -106,17 +101,12 @@ def _bodies() -> list[tuple[str, str, dict[str, Any]]]:
     )
     response["subject"] = {"reference": f"Patient/{patient['id']}"}
 
+    templates = prefetch_templates(load_reference(ROOT / "rules" / "reference"))
+
     def call(obs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "hook": "patient-view",
-            "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-            "context": {"userId": "Practitioner/bench", "patientId": patient["id"]},
-            "prefetch": {
-                "patient": patient,
-                "observations": _searchset(obs),
-                "questionnaireResponses": _searchset([response]),
-            },
-        }
+        # What an EHR sends for this record: every discovery template filled (service/cdshooks/bundles.py).
+        bundle = {"entry": [{"resource": r} for r in (patient, *obs, response)]}
+        return hook_request_for_bundle(bundle, "patient-view", templates, user_id="Practitioner/bench")
 
     many = []
     while len(many) < 1000:

@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import requests
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 
+from service.cdshooks.bundles import hook_request_for_bundle
 from service.errors import Issue, ServiceError
 
 EXIT_OK = 0
@@ -36,7 +36,6 @@ EXIT_SERVICE_ERROR = 5
 INDICATOR_EXIT = {"info": EXIT_OK, "warning": EXIT_WARNING, "critical": EXIT_CRITICAL}
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_SERVICE = "twitching-red-flags"
-ORDER_HOOKS = ("order-select", "order-sign")
 EPILOG = """exit status:
   0  success: send answered no card or only info cards; validate found no problem
   1  send: the highest card is a warning; validate: the file has problems (listed)
@@ -169,43 +168,6 @@ def _service_error(response: requests.Response, what: str) -> CliError:
     return CliError("\n".join(lines), EXIT_SERVICE_ERROR)
 
 
-def bundle_to_hook_request(bundle: dict[str, Any], service: dict[str, Any]) -> dict[str, Any]:
-    """The hook request an EHR would send for this Bundle: every discovery prefetch key filled."""
-    resources = [
-        e["resource"]
-        for e in bundle.get("entry") or ()
-        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-    ]
-    patient: dict[str, Any] = next((r for r in resources if r.get("resourceType") == "Patient"), {})
-    prefetch: dict[str, Any] = {}
-    for key, template in (service.get("prefetch") or {}).items():
-        kind = str(template).replace("?", "/").split("/")[0]
-        found = [r for r in resources if r.get("resourceType") == kind]
-        if "?" in str(template):
-            searchset: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(found)}
-            if found:
-                searchset["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in found]
-            prefetch[key] = searchset
-        else:
-            prefetch[key] = found[0] if found else None
-    context: dict[str, Any] = {"userId": "Practitioner/example", "patientId": patient.get("id", "unknown")}
-    hook = str(service["hook"])
-    if hook in ORDER_HOOKS:
-        drafts = [
-            r
-            for r in resources
-            if r.get("status") == "draft" and str(r.get("resourceType")).endswith("Request")
-        ]
-        context["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in drafts],
-        }
-        if hook == "order-select":
-            context["selections"] = [f"{r['resourceType']}/{r.get('id')}" for r in drafts]
-    return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context, "prefetch": prefetch}
-
-
 def _discovered(base: str, hook: str, service_id: str, timeout: float, token: str | None) -> dict[str, Any]:
     url = f"{base}/cds-services"
     response = _http("GET", url, timeout, token)
@@ -240,7 +202,9 @@ def plan_send(
     if hook:
         service = _discovered(base, hook, service_id, timeout, token)
         return Target(
-            f"{base}/cds-services/{service['id']}", bundle_to_hook_request(data, service), "application/json"
+            f"{base}/cds-services/{service['id']}",
+            hook_request_for_bundle(data, str(service["hook"]), service.get("prefetch") or {}),
+            "application/json",
         )
     return Target(f"{base}/evaluate", data, "application/fhir+json")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.app import create_app
+from service.cdshooks.bundles import hook_request_for_bundle
+from service.cdshooks.prefetch import prefetch_templates
+from service.engine.reference import load_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -59,28 +63,31 @@ def load_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
 
 
+@functools.cache
+def discovery_templates() -> dict[str, str]:
+    """The prefetch templates discovery advertises."""
+    return prefetch_templates(load_reference(ROOT / "rules" / "reference"))
+
+
 def bundle_to_hook_request(bundle: dict[str, Any]) -> dict[str, Any]:
     """Turn a one-patient Bundle into the patient-view call an EHR would send with full prefetch."""
-    resources = [e["resource"] for e in bundle.get("entry", [])]
-    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    return hook_request_for_bundle(
+        bundle, "patient-view", discovery_templates(), hook_instance="d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+    )
 
-    def searchset(kind: str) -> dict[str, Any]:
-        found = [r for r in resources if r["resourceType"] == kind]
-        body: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(found)}
-        if found:
-            body["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in found]
-        return body
 
+def server_only(call: dict[str, Any], fhir_server: str, token: str) -> dict[str, Any]:
+    """The same hook call with no prefetch: only fhirServer and a bearer token for it."""
     return {
-        "hook": "patient-view",
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {"userId": "Practitioner/example", "patientId": patient["id"]},
-        "prefetch": {
-            "patient": patient,
-            "observations": searchset("Observation"),
-            "questionnaireResponses": searchset("QuestionnaireResponse"),
-            "conditions": searchset("Condition"),
-            "serviceRequests": searchset("ServiceRequest"),
+        **call,
+        "prefetch": {},
+        "fhirServer": fhir_server,
+        "fhirAuthorization": {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "twitch-cds",
         },
     }
 

@@ -29,7 +29,15 @@ from flask.testing import FlaskClient
 from service.app import create_app
 from service.cdshooks.fetch import FetchConfigError, FetchSettings
 from service.config import load_config
-from tests.conftest import EXAMPLE_DAY, EXAMPLES, bundle_to_hook_request, card_rules, load_json, topic
+from tests.conftest import (
+    EXAMPLE_DAY,
+    EXAMPLES,
+    bundle_to_hook_request,
+    card_rules,
+    load_json,
+    server_only,
+    topic,
+)
 from tests.conftest import card_signature as signature
 
 HOOK = "/cds-services/twitching-red-flags"
@@ -245,17 +253,7 @@ def server_call(
     example: dict[str, Any], fhir_server: str, prefetch: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The hook call of an EHR that sends fhirServer and a token, and `prefetch` (none by default)."""
-    call = bundle_to_hook_request(example)
-    call["prefetch"] = prefetch or {}
-    call["fhirServer"] = fhir_server
-    call["fhirAuthorization"] = {
-        "access_token": TOKEN,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "twitch-cds",
-    }
-    return call
+    return {**server_only(bundle_to_hook_request(example), fhir_server, TOKEN), "prefetch": prefetch or {}}
 
 
 def assert_412_is_clean(body: str) -> None:

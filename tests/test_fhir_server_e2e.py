@@ -37,6 +37,7 @@ from tests.conftest import (
     bundle_to_hook_request,
     card_rules,
     load_json,
+    server_only,
     shared,
     topic,
 )
@@ -228,17 +229,7 @@ def _with_prefetch(patient: Patient) -> dict[str, Any]:
 
 def _server_only(patient: Patient, base: str, token: str = TOKEN) -> dict[str, Any]:
     """The same call with no prefetch: fhirServer and a token only."""
-    call = _with_prefetch(patient)
-    call["prefetch"] = {}
-    call["fhirServer"] = base
-    call["fhirAuthorization"] = {
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "twitch-cds",
-    }
-    return call
+    return server_only(_with_prefetch(patient), base, token)
 
 
 def _cards(client: FlaskClient, call: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import cast
 
 from flask import current_app
 
+from service.errors import NotFound
 from service.evaluation import Evaluator
 
 
@@ -18,3 +19,9 @@ def evaluator() -> Evaluator:
 def today() -> date:
     """The evaluation date (configurable so tests and examples are reproducible)."""
     return cast(date, current_app.extensions["today"]())
+
+
+def require_service(service_id: str) -> None:
+    """404 unless the URL names this deployment's CDS service."""
+    if service_id != current_app.config["SERVICE_ID"]:
+        raise NotFound.single(f"no CDS service {service_id!r}; see GET /cds-services", None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, g
+from flask import Blueprint, Response, g
 
+from service.api.common import require_service
 from service.cdshooks.feedback import parse_feedback
-from service.errors import NotFound, ServiceUnavailable
+from service.errors import ServiceUnavailable
 from service.security import current_caller
 from service.store import stores
 from service.store.db import DatabaseError
@@ -20,8 +21,7 @@ log = logging.getLogger("twitch_cds.feedback")
 @bp.post("/cds-services/<service_id>/feedback")
 def receive(service_id: str) -> Response:
     """Store each entry once (a resent batch is acknowledged, not doubled); unknown cards are flagged."""
-    if service_id != current_app.config["SERVICE_ID"]:
-        raise NotFound.single(f"no CDS service {service_id!r}; see GET /cds-services", None)
+    require_service(service_id)
     entries = parse_feedback(read_json_body())
     caller = current_caller()
     try:

@@ -8,12 +8,11 @@ from typing import cast
 
 from flask import Blueprint, Response, current_app, g
 
-from service.api.common import evaluator, today
+from service.api.common import evaluator, require_service, today
 from service.api.discovery import SERVICE_HOOKS
 from service.cdshooks.envelope import parse_hook_request
 from service.cdshooks.fetch import FhirFetcher, complete_prefetch
 from service.cdshooks.prefetch import read_prefetch
-from service.errors import NotFound
 from service.metrics import HOOK_SECONDS, count_cards
 from service.web import json_response, read_json_body
 
@@ -24,8 +23,7 @@ log = logging.getLogger("twitch_cds.hooks")
 @bp.post("/cds-services/<service_id>")
 def call(service_id: str) -> Response:
     """Validate the envelope, read prefetch, fetch what it lacks (412 when out of reach), answer cards."""
-    if service_id != current_app.config["SERVICE_ID"]:
-        raise NotFound.single(f"no CDS service {service_id!r}; see GET /cds-services", None)
+    require_service(service_id)
     started = time.perf_counter()
     hook_request = parse_hook_request(read_json_body(), SERVICE_HOOKS)
     g.hook_request = hook_request  # for the audit trail (service/store), written after the answer

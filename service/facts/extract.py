@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 from service.engine.reference import LOINC, Analyte, Questionnaire, ReferenceData
 from service.errors import Issue
 from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
+from service.fhir.dates import fhir_date
 from service.fhir.intake import SLEEP_DURATION_LOINC, Intake
 
 LAB_STATUSES = frozenset({"final", "amended", "corrected"})
@@ -26,21 +27,6 @@ BODY_REGIONS = {
     "face": "head", "eyelid": "head", "tongue": "head",
     "trunk": "trunk",
 }  # fmt: skip
-
-
-def _as_date(value: Any) -> date | None:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str) and len(value) >= 4:
-        # FHIR partial dates ("2024", "2024-05") count from their first day.
-        parts = [*value[:10].split("-"), "01", "01"][:3]
-        try:
-            return date(int(parts[0]), int(parts[1]), int(parts[2]))
-        except ValueError:
-            return None
-    return None
 
 
 def _ref(resource: Any) -> str:
@@ -164,7 +150,7 @@ class FactExtractor:
             return
         response, path = picked
         ref = _ref(response)
-        when = _as_date(response.authored)
+        when = fhir_date(response.authored)
         when_text = when.isoformat() if when else None
         builder.add(
             "twitching",
@@ -197,7 +183,7 @@ class FactExtractor:
             verification = {c for _, c in _codes(condition.verificationStatus)}
             if clinical & INACTIVE_CONDITION or verification & UNCONFIRMED:
                 continue
-            when = _as_date(condition.onsetDateTime or condition.recordedDate)
+            when = fhir_date(condition.onsetDateTime or condition.recordedDate)
             for key in _codes(condition.code):
                 fact = self.finding_facts.get(key)
                 if fact:
@@ -241,7 +227,7 @@ class FactExtractor:
     @staticmethod
     def _effective(obs: Any) -> date | None:
         period_end = obs.effectivePeriod.end or obs.effectivePeriod.start if obs.effectivePeriod else None
-        return _as_date(obs.effectiveDateTime or obs.effectiveInstant or period_end or obs.issued)
+        return fhir_date(obs.effectiveDateTime or obs.effectiveInstant or period_end or obs.issued)
 
     def _convert(self, analyte: Analyte, value: float, unit: str | None) -> float | None:
         if unit is None:
@@ -400,9 +386,9 @@ class FactExtractor:
         sex = patient.gender if patient.gender in ("male", "female") else None
         if patient.gender:
             builder.add("sex", patient.gender, Evidence("Sex", patient.gender, facts.patient_ref))
-        birth = _as_date(patient.birthDate)
+        birth = fhir_date(patient.birthDate)
         # A deceased patient's age stops at death (a record may be reviewed long after).
-        end = min(today, _as_date(patient.deceasedDateTime) or today)
+        end = min(today, fhir_date(patient.deceasedDateTime) or today)
         if birth is not None:
             years = end.year - birth.year - ((end.month, end.day) < (birth.month, birth.day))
             builder.add(

@@ -16,6 +16,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.engine.reference import LOINC, ReferenceData
 from service.errors import Issue
+from service.fhir.dates import fhir_date
 
 MODELS: dict[str, type[Any]] = {
     "Patient": Patient,
@@ -193,14 +194,9 @@ def _effective_date(raw: dict[str, Any]) -> date | None:
     """The day a raw Observation counts from, as the extractor reads it from the model; None if unclear."""
     period = raw.get("effectivePeriod")
     period_end = (period.get("end") or period.get("start")) if isinstance(period, dict) else None
-    stamp = raw.get("effectiveDateTime") or raw.get("effectiveInstant") or period_end or raw.get("issued")
-    if not isinstance(stamp, str) or len(stamp) < 4:
-        return None
-    parts = [*stamp[:10].split("-"), "01", "01"][:3]
-    try:
-        return date(int(parts[0]), int(parts[1]), int(parts[2]))
-    except ValueError:
-        return None
+    return fhir_date(
+        raw.get("effectiveDateTime") or raw.get("effectiveInstant") or period_end or raw.get("issued")
+    )
 
 
 def take_in(
