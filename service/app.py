@@ -10,6 +10,7 @@ from flask import Flask
 
 from service.api import apidocs, catalogue, discovery, evaluate, feedback, fhir, health, hooks, ui
 from service.cdshooks.fetch import FetchSettings, FhirFetcher
+from service.cdshooks.pipeline import HookPipeline
 from service.cdshooks.prefetch import prefetch_templates
 from service.config import load_config
 from service.engine.ruleset import load_ruleset
@@ -32,7 +33,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     configure_logging(app.config["LOG_LEVEL"])  # JSON lines with the request id
     ruleset = load_ruleset(Path(app.config["RULES_DIR"]))  # RuleSetError: refuse to start
     canonical = app.config["CANONICAL_BASE"]
-    app.extensions["evaluator"] = Evaluator(ruleset, canonical, SERVICE_TITLE)
+    app.extensions["evaluator"] = Evaluator(
+        ruleset,
+        canonical,
+        SERVICE_TITLE,
+        max_depth=int(app.config["MAX_JSON_DEPTH"]),
+        memo_entries=int(app.config["VALIDATION_MEMO_ENTRIES"]),
+    )
     app.extensions["questionnaire"] = build_questionnaire(ruleset.reference.questionnaire, canonical)
     # FetchConfigError: an unsafe or unusable FHIR_* setting refuses to start, like a flawed rule set.
     app.extensions["fhir_fetcher"] = FhirFetcher(
@@ -46,7 +53,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     install_stores(app)  # opens and migrates the feedback and audit database
     for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs):
         app.register_blueprint(module.bp)
+    pipeline = HookPipeline(
+        app.extensions["evaluator"], discovery.SERVICE_HOOKS, int(app.config["MAX_JSON_DEPTH"])
+    )
+    app.extensions["hook_pipeline"] = pipeline
     if int(app.config["WARM_UP"]):
         # Under gunicorn --preload this runs once in the master; the workers inherit it on fork.
-        warm_up(app.extensions["evaluator"], canonical, discovery.SERVICE_HOOKS)
+        warm_up(pipeline, canonical)
     return app

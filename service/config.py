@@ -44,7 +44,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "INSTANCE_DIR": ("", "Writable folder for the SQLite file and dev secret; empty: Flask's instance."),
     "PATIENT_HASH_SECRET": ("", "HMAC key for patient references in the audit; empty: generated (dev)."),
     "RATE_LIMIT_PER_MINUTE": (600, "Requests per minute per issuer (per client address without auth)."),
-    "MAX_JSON_DEPTH": (64, "Deepest JSON nesting accepted in a body; deeper gets 400."),
+    "MAX_JSON_DEPTH": (64, "Deepest JSON nesting accepted in the parts of a body read; deeper gets 400."),
+    "VALIDATION_MEMO_ENTRIES": (
+        2048,
+        "Valid resources per worker whose R4B models are reused when the same JSON comes again; 0: off.",
+    ),
     "CORS_ORIGINS": ("*", "Browser origins allowed: * or a JSON list of origins."),
     # Fallback fetch from the EHR's FHIR server when prefetch lacks data (docs/fhir-server.md).
     "FHIR_SERVER_ALLOWLIST": (

@@ -11,7 +11,7 @@ from service.engine.evaluate import evaluate
 from service.engine.ruleset import RuleSet
 from service.errors import BadRequest, InvalidFhir, Issue, MissingData
 from service.facts.extract import FactExtractor
-from service.fhir.intake import Intake, Located, Selector, take_in
+from service.fhir.intake import Intake, Located, Selector, Validator, take_in
 from service.fhir.questionnaire import questionnaire_url
 
 
@@ -31,9 +31,17 @@ def _subject_ref(resource: Any) -> str | None:
 class Evaluator:
     """Holds everything built once per worker: the rule set, selector, extractor and renderer."""
 
-    def __init__(self, ruleset: RuleSet, canonical_base: str, service_title: str) -> None:
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        canonical_base: str,
+        service_title: str,
+        max_depth: int = 64,
+        memo_entries: int = 0,
+    ) -> None:
         self.ruleset = ruleset
         self.selector = Selector(ruleset.reference)
+        self.validator = Validator(max_depth, memo_entries)
         self.extractor = FactExtractor(
             ruleset.reference, questionnaire_url(canonical_base, ruleset.reference.questionnaire)
         )
@@ -42,7 +50,8 @@ class Evaluator:
 
     def intake(self, resources: list[Located], latest_labs_only: bool = False) -> Intake:
         """Select and validate the resources the rules read (with the flag: only the latest lab results)."""
-        return take_in(resources, self.selector, self.extractor.usable_lab if latest_labs_only else None)
+        usable_lab = self.extractor.usable_lab if latest_labs_only else None
+        return take_in(resources, self.selector, usable_lab, self.validator)
 
     def run(
         self,

@@ -9,11 +9,9 @@ from typing import Any
 
 import orjson
 
-from service.cdshooks.envelope import parse_hook_request
-from service.cdshooks.prefetch import read_prefetch
+from service.cdshooks.pipeline import HookPipeline
 from service.evaluation import Evaluator
 from service.fhir.questionnaire import questionnaire_url
-from service.security.limits import json_depth_exceeds
 
 log = logging.getLogger("twitch_cds.warmup")
 PATIENT_ID = "warm-up"
@@ -128,17 +126,14 @@ def dummy_request(evaluator: Evaluator, canonical_base: str) -> dict[str, Any]:
     }
 
 
-def warm_up(evaluator: Evaluator, canonical_base: str, hooks: tuple[str, ...]) -> float:
+def warm_up(pipeline: HookPipeline, canonical_base: str) -> float:
     """Run the hook path once without HTTP, audit or metrics; return the seconds it took."""
     started = time.perf_counter()
-    body = orjson.loads(orjson.dumps(dummy_request(evaluator, canonical_base)))
-    json_depth_exceeds(body, 64)
-    hook_request = parse_hook_request(body, hooks)
-    content = read_prefetch(hook_request.prefetch)
-    intake = evaluator.intake(content.resources, latest_labs_only=True)
-    ref = f"Patient/{PATIENT_ID}"
-    outcome = evaluator.run(intake, {ref}, ref, date(2020, 1, 2))
+    body = orjson.loads(orjson.dumps(dummy_request(pipeline.evaluator, canonical_base)))
+    outcome = pipeline.answer(pipeline.parse(body), date(2020, 1, 2))
     orjson.dumps({"cards": outcome.cards})
+    if pipeline.evaluator.validator.memo is not None:
+        pipeline.evaluator.validator.memo.clear()  # the dummy resources would only take up room
     elapsed = time.perf_counter() - started
     log.info("warmed up in %.0f ms", elapsed * 1000)
     return elapsed

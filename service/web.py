@@ -33,8 +33,11 @@ def json_response(body: Any, status: int = 200, mimetype: str = "application/jso
     return Response(orjson.dumps(body), status=status, mimetype=mimetype)
 
 
-def read_json_body() -> Any:
-    """The request body as JSON: 415 for another content type, 413 when too large, 400 when malformed."""
+def read_json_body(check_depth: bool = True) -> Any:
+    """The request body as JSON: 415 for another content type, 413 when too large, 400 when malformed.
+
+    Without `check_depth` the caller checks nesting itself, on the parts it reads.
+    """
     mimetype = request.mimetype
     if mimetype not in ACCEPTED_TYPES:
         raise UnsupportedMediaType.single(
@@ -47,7 +50,8 @@ def read_json_body() -> Any:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadRequest.single(f"the body is not valid JSON: {exc}") from exc
-    check_json_depth(body)  # 400 past MAX_JSON_DEPTH
+    if check_depth:
+        check_json_depth(body)  # 400 past MAX_JSON_DEPTH
     return body
 
 

@@ -10,6 +10,7 @@ from service.api.common import evaluator, today
 from service.errors import BadRequest, InvalidFhir, Issue
 from service.fhir.intake import Located
 from service.metrics import count_cards
+from service.security.limits import check_json_depth
 from service.web import json_response, read_json_body
 
 bp = Blueprint("evaluate", __name__)
@@ -66,7 +67,10 @@ def _bundle_resources(body: Any) -> tuple[list[Located], set[str]]:
 @bp.post("/evaluate")
 def evaluate_bundle() -> Response:
     """Validate what the rules read (422 listing every problem with its path), then answer cards."""
-    located, patient_refs = _bundle_resources(read_json_body())
+    body = read_json_body(check_depth=False)
+    # Entries' resources are walked one by one as they are validated (service/fhir/intake.Validator).
+    check_json_depth(body, without="entry")
+    located, patient_refs = _bundle_resources(body)
     engine = evaluator()
     intake = engine.intake(located)
     if intake.problems:

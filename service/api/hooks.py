@@ -9,10 +9,9 @@ from typing import cast
 from flask import Blueprint, Response, current_app, g
 
 from service.api.common import evaluator, require_service, today
-from service.api.discovery import SERVICE_HOOKS
-from service.cdshooks.envelope import parse_hook_request
 from service.cdshooks.fetch import FhirFetcher, complete_prefetch
-from service.cdshooks.prefetch import read_prefetch
+from service.cdshooks.pipeline import HookPipeline
+from service.cdshooks.prefetch import PrefetchContent
 from service.metrics import HOOK_SECONDS, count_cards
 from service.web import json_response, read_json_body
 
@@ -25,28 +24,20 @@ def call(service_id: str) -> Response:
     """Validate the envelope, read prefetch, fetch what it lacks (412 when out of reach), answer cards."""
     require_service(service_id)
     started = time.perf_counter()
-    hook_request = parse_hook_request(read_json_body(), SERVICE_HOOKS)
+    pipeline = cast(HookPipeline, current_app.extensions["hook_pipeline"])
+    # Nesting is checked by the pipeline on the parts it reads, not on the whole body.
+    hook_request = pipeline.parse(read_json_body(check_depth=False))
     g.hook_request = hook_request  # for the audit trail (service/store), written after the answer
-    content = read_prefetch(hook_request.prefetch)
     fetcher = cast(FhirFetcher, current_app.extensions["fhir_fetcher"])
-    complete_prefetch(content, hook_request, fetcher, started + fetcher.settings.budget)
-    engine = evaluator()
-    # The hot path models only the newest usable result per analyte (older ones cannot change a
-    # card); /evaluate still validates everything, because its callers want every problem listed.
-    intake = engine.intake(content.resources, latest_labs_only=True)
-    patient_ref = f"Patient/{hook_request.patient_id}"
-    outcome = engine.run(
-        intake,
-        {patient_ref},
-        patient_ref,
-        today(),
-        drafts=hook_request.draft_orders,
-        notes=content.notes,
-    )
+
+    def complete(content: PrefetchContent) -> None:
+        complete_prefetch(content, hook_request, fetcher, started + fetcher.settings.budget)
+
+    outcome = pipeline.answer(hook_request, today(), complete)
     g.hook_outcome = outcome  # the audit keeps its card and suggestion uuids and fired rules
     elapsed = time.perf_counter() - started
     HOOK_SECONDS.labels(hook_request.hook).observe(elapsed)
-    count_cards(outcome.cards, engine.rule_by_topic)
+    count_cards(outcome.cards, evaluator().rule_by_topic)
     # Logged without patient data: the hook instance, the rules that fired, the time taken.
     log.info(
         "hook=%s instance=%s fired=%s ms=%.1f",

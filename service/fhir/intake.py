@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import orjson
 import pydantic
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.observation import Observation
@@ -15,8 +18,9 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.engine.reference import LOINC, ReferenceData
-from service.errors import Issue
+from service.errors import BadRequest, Issue
 from service.fhir.dates import fhir_date
+from service.security.limits import json_depth_exceeds
 
 MODELS: dict[str, type[Any]] = {
     "Patient": Patient,
@@ -190,6 +194,79 @@ def validate(located: Located) -> tuple[Any | None, list[Issue]]:
     return (None if problems else model), problems
 
 
+class ValidatedModels:
+    """Models of valid resources this worker has already validated, keyed by their exact JSON.
+
+    An EHR sends the same lab results and answers again on every chart open and on each hook of
+    one order (select, then sign); validation is deterministic, so byte-identical JSON gets the
+    model built last time. Only valid resources are kept (problems carry per-request paths), the
+    least recently used goes first, and the models are never modified after validation.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._models: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()  # gthread workers share one memo
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(self, key: bytes) -> Any | None:
+        """The model validated from exactly this JSON, or None."""
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                self.misses += 1
+                return None
+            self._models.move_to_end(key)
+            self.hits += 1
+            return model
+
+    def clear(self) -> None:
+        """Forget every model."""
+        with self._lock:
+            self._models.clear()
+
+    def put(self, key: bytes, model: Any) -> None:
+        """Keep a valid resource's model, dropping the least recently used past the bound."""
+        with self._lock:
+            self._models[key] = model
+            self._models.move_to_end(key)
+            while len(self._models) > self.max_entries:
+                self._models.popitem(last=False)
+
+
+class Validator:
+    """Validation as the edge does it: depth limit first, then the R4B model, remembered when valid."""
+
+    def __init__(self, max_depth: int, memo_entries: int = 0) -> None:
+        self.max_depth = max_depth
+        self.memo = ValidatedModels(memo_entries) if memo_entries > 0 else None
+
+    def __call__(self, located: Located) -> tuple[Any | None, list[Issue]]:
+        """The model or the problems; 400 when the resource nests deeper than the limit."""
+        key = None
+        if self.memo is not None:
+            try:
+                key = orjson.dumps(located.resource)
+            except (TypeError, orjson.JSONEncodeError):
+                key = None  # not JSON orjson can write (a test's Python object): validate it afresh
+            model = self.memo.get(key) if key is not None else None
+            if model is not None:
+                return model, []
+        # Only what is modelled is walked (pydantic and the answer checks recurse); the parts of a
+        # request nobody reads are left to orjson's own limit of 1,024 levels.
+        if json_depth_exceeds(located.resource, self.max_depth):
+            raise BadRequest.single(f"this resource nests deeper than {self.max_depth} levels", located.path)
+        model, problems = validate(located)
+        if key is not None and model is not None and not problems:
+            assert self.memo is not None
+            self.memo.put(key, model)
+        return model, problems
+
+
 def _effective_date(raw: dict[str, Any]) -> date | None:
     """The day a raw Observation counts from, as the extractor reads it from the model; None if unclear."""
     period = raw.get("effectivePeriod")
@@ -200,7 +277,10 @@ def _effective_date(raw: dict[str, Any]) -> date | None:
 
 
 def take_in(
-    resources: Iterable[Located], selector: Selector, usable_lab: Callable[[Any], bool] | None = None
+    resources: Iterable[Located],
+    selector: Selector,
+    usable_lab: Callable[[Any], bool] | None = None,
+    validator: Callable[[Located], tuple[Any | None, list[Issue]]] = validate,
 ) -> Intake:
     """Validate the resources the rules read; everything invalid is reported with its path.
 
@@ -217,7 +297,7 @@ def take_in(
         if group is not None:
             labs.setdefault(group, []).append((_effective_date(located.resource), index, located))
         else:
-            results[index] = (located, *validate(located))
+            results[index] = (located, *validator(located))
     for candidates in labs.values():
         # Newest first, and among one day the earliest in the request (the extractor's tie-break).
         candidates.sort(key=lambda c: (-(c[0] or date.min).toordinal(), c[1]))
@@ -226,7 +306,7 @@ def take_in(
             # Past the chosen one only results of unclear date are read: the extractor may rank them.
             if chosen and when is not None:
                 continue
-            model, problems = validate(located)
+            model, problems = validator(located)
             results[index] = (located, model, problems)
             chosen = chosen or (model is not None and usable_lab is not None and usable_lab(model))
     for index in sorted(results):  # request order, as every check downstream expects

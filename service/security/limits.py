@@ -32,8 +32,14 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def check_json_depth(body: Any) -> None:
-    """400 when a parsed body nests deeper than MAX_JSON_DEPTH."""
-    limit = int(current_app.config.get("MAX_JSON_DEPTH", 64))
+def check_json_depth(body: Any, limit: int | None = None, without: str | None = None) -> None:
+    """400 when a parsed body nests deeper than `limit` (default MAX_JSON_DEPTH).
+
+    `without` names a top-level member left out: its contents are checked where they are read.
+    """
+    if limit is None:
+        limit = int(current_app.config.get("MAX_JSON_DEPTH", 64))
+    if without is not None and isinstance(body, dict):
+        body = {key: value for key, value in body.items() if key != without}
     if json_depth_exceeds(body, limit):
         raise BadRequest.single(f"the JSON body nests deeper than {limit} levels", None)

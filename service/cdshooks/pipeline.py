@@ -1,0 +1,52 @@
+"""A hook call from parsed JSON to cards: the one path live calls and the start-up warm-up take."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from service.cdshooks.envelope import HookRequest, parse_hook_request
+from service.cdshooks.prefetch import PrefetchContent, read_prefetch
+from service.evaluation import Evaluator, Outcome
+from service.security.limits import check_json_depth
+
+
+@dataclass(frozen=True)
+class HookPipeline:
+    """Envelope, prefetch, (optional) fallback fetch, intake, rules: built once per worker."""
+
+    evaluator: Evaluator
+    hooks: tuple[str, ...]
+    max_depth: int
+
+    def parse(self, body: Any) -> HookRequest:
+        """Validate the envelope (400 with every problem's path); prefetch is checked where read."""
+        # The envelope is walked whole; prefetch resources are walked one by one as they are
+        # validated (service/fhir/intake.Validator), so a 1 MB searchset is not walked twice.
+        check_json_depth(body, self.max_depth, without="prefetch")
+        return parse_hook_request(body, self.hooks)
+
+    def answer(
+        self,
+        hook_request: HookRequest,
+        today: date,
+        complete: Callable[[PrefetchContent], None] | None = None,
+    ) -> Outcome:
+        """Read prefetch, let `complete` fetch what it lacks, and evaluate the rules."""
+        content = read_prefetch(hook_request.prefetch)
+        if complete is not None:
+            complete(content)
+        # The hot path models only the newest usable result per analyte (older ones cannot change
+        # a card); /evaluate still validates everything, because its callers want every problem.
+        intake = self.evaluator.intake(content.resources, latest_labs_only=True)
+        patient_ref = f"Patient/{hook_request.patient_id}"
+        return self.evaluator.run(
+            intake,
+            {patient_ref},
+            patient_ref,
+            today,
+            drafts=hook_request.draft_orders,
+            notes=content.notes,
+        )

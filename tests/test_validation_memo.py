@@ -1,0 +1,118 @@
+"""The validation memo: byte-identical resources reuse their model, and answers never change."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from service.app import create_app
+from service.errors import ServiceError
+from service.fhir.intake import Located, ValidatedModels, Validator
+from tests.conftest import EXAMPLE_DAY, EXAMPLES, bundle_to_hook_request, load_json
+
+SERVICE = "/cds-services/twitching-red-flags"
+POTASSIUM = {
+    "resourceType": "Observation",
+    "id": "k",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+    "subject": {"reference": "Patient/p"},
+    "effectiveDateTime": "2026-11-01",
+    "valueQuantity": {"value": 3.1, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+}
+
+
+def test_identical_json_reuses_the_model() -> None:
+    """The second validation of the same JSON returns the first model without validating again."""
+    validator = Validator(max_depth=64, memo_entries=8)
+    first, problems = validator(Located(copy.deepcopy(POTASSIUM), "a"))
+    assert first is not None and problems == []
+    again, problems = validator(Located(copy.deepcopy(POTASSIUM), "b"))
+    assert again is first and problems == []
+    assert validator.memo is not None and (validator.memo.hits, validator.memo.misses) == (1, 1)
+
+
+def test_any_change_is_validated_afresh() -> None:
+    """One changed value, or the same members in another order, is a different key."""
+    validator = Validator(max_depth=64, memo_entries=8)
+    first, _ = validator(Located(copy.deepcopy(POTASSIUM), "a"))
+    changed = copy.deepcopy(POTASSIUM)
+    changed["valueQuantity"]["value"] = 6.2
+    second, _ = validator(Located(changed, "a"))
+    assert second is not first and str(second.valueQuantity.value) == "6.2"
+    reordered = dict(reversed(list(POTASSIUM.items())))
+    third, _ = validator(Located(reordered, "a"))
+    assert third is not first and third is not second
+
+
+def test_invalid_resources_are_never_kept() -> None:
+    """Problems name each request's own path, so an invalid resource is checked every time."""
+    validator = Validator(max_depth=64, memo_entries=8)
+    broken = {**POTASSIUM, "status": "done"}
+    for path in ("prefetch.observations.entry[0].resource", "prefetch.observations.entry[7].resource"):
+        model, problems = validator(Located(copy.deepcopy(broken), path))
+        assert model is None
+        assert [p.expression for p in problems] == [f"{path}.status"]
+    assert validator.memo is not None and len(validator.memo) == 0
+
+
+def test_the_least_recently_used_goes_first() -> None:
+    """Past the bound, the entry unused longest is dropped."""
+    memo = ValidatedModels(max_entries=2)
+    memo.put(b"a", "A")
+    memo.put(b"b", "B")
+    assert memo.get(b"a") == "A"  # now b is the least recently used
+    memo.put(b"c", "C")
+    assert memo.get(b"b") is None
+    assert (memo.get(b"a"), memo.get(b"c")) == ("A", "C")
+
+
+def test_depth_is_checked_before_validation_and_off_the_memo() -> None:
+    """A resource nesting past the limit is a 400 naming its path; it is never remembered."""
+    deep: Any = {"url": "http://example.org/x", "valueString": "x"}
+    for _ in range(40):
+        deep = {"url": "http://example.org/x", "extension": [deep]}
+    resource = {**POTASSIUM, "extension": [deep]}
+    validator = Validator(max_depth=20, memo_entries=8)
+    with pytest.raises(ServiceError) as raised:
+        validator(Located(resource, "prefetch.observations.entry[2].resource"))
+    assert raised.value.status == 400
+    assert raised.value.issues[0].expression == "prefetch.observations.entry[2].resource"
+    assert validator.memo is not None and len(validator.memo) == 0
+
+
+def _without_uuids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_uuids(v) for k, v in value.items() if k != "uuid"}
+    if isinstance(value, list):
+        return [_without_uuids(v) for v in value]
+    return value
+
+
+def _answers(app: Flask, calls: list[dict[str, Any]]) -> list[Any]:
+    client = app.test_client()
+    answers = []
+    for call in calls:
+        response = client.post(SERVICE, json=call)
+        answers.append((response.status_code, _without_uuids(response.get_json())))
+    return answers
+
+
+def test_answers_are_the_same_with_and_without_the_memo() -> None:
+    """Every example, twice through one worker, answers exactly as a worker without the memo does.
+
+    The second pass is served from remembered models: a rule or renderer that modified a model
+    would change a later answer here.
+    """
+    calls = [bundle_to_hook_request(load_json(p)) for p in sorted(EXAMPLES.rglob("*.json"))]
+    settings = {"TESTING": True, "TODAY": EXAMPLE_DAY}
+    plain = _answers(create_app({**settings, "VALIDATION_MEMO_ENTRIES": 0}), calls)
+    remembering = create_app({**settings, "VALIDATION_MEMO_ENTRIES": 4096})
+    first, second = _answers(remembering, calls), _answers(remembering, calls)
+    memo = remembering.extensions["evaluator"].validator.memo
+    assert memo.hits > len(calls), "the second pass should have been served from the memo"
+    assert first == plain
+    assert second == plain
