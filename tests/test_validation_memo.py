@@ -14,14 +14,19 @@ from service.fhir.intake import Located, ValidatedModels, Validator
 from tests.conftest import EXAMPLE_DAY, EXAMPLES, bundle_to_hook_request, load_json
 
 SERVICE = "/cds-services/twitching-red-flags"
-POTASSIUM = {
+POTASSIUM: dict[str, Any] = {
     "resourceType": "Observation",
     "id": "k",
     "status": "final",
     "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
     "subject": {"reference": "Patient/p"},
     "effectiveDateTime": "2026-11-01",
-    "valueQuantity": {"value": 3.1, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+    "valueQuantity": {
+        "value": 3.1,
+        "unit": "mmol/L",
+        "system": "http://unitsofmeasure.org",
+        "code": "mmol/L",
+    },
 }
 
 
@@ -29,10 +34,13 @@ def test_identical_json_reuses_the_model() -> None:
     """The second validation of the same JSON returns the first model without validating again."""
     validator = Validator(max_depth=64, memo_entries=8)
     first, problems = validator(Located(copy.deepcopy(POTASSIUM), "a"))
-    assert first is not None and problems == []
+    assert first is not None
+    assert problems == []
     again, problems = validator(Located(copy.deepcopy(POTASSIUM), "b"))
-    assert again is first and problems == []
-    assert validator.memo is not None and (validator.memo.hits, validator.memo.misses) == (1, 1)
+    assert again is first
+    assert problems == []
+    assert validator.memo is not None
+    assert (validator.memo.hits, validator.memo.misses) == (1, 1)
 
 
 def test_any_change_is_validated_afresh() -> None:
@@ -42,10 +50,13 @@ def test_any_change_is_validated_afresh() -> None:
     changed = copy.deepcopy(POTASSIUM)
     changed["valueQuantity"]["value"] = 6.2
     second, _ = validator(Located(changed, "a"))
-    assert second is not first and str(second.valueQuantity.value) == "6.2"
+    assert second is not None
+    assert second is not first
+    assert str(second.valueQuantity.value) == "6.2"
     reordered = dict(reversed(list(POTASSIUM.items())))
     third, _ = validator(Located(reordered, "a"))
-    assert third is not first and third is not second
+    assert third is not first
+    assert third is not second
 
 
 def test_invalid_resources_are_never_kept() -> None:
@@ -56,7 +67,8 @@ def test_invalid_resources_are_never_kept() -> None:
         model, problems = validator(Located(copy.deepcopy(broken), path))
         assert model is None
         assert [p.expression for p in problems] == [f"{path}.status"]
-    assert validator.memo is not None and len(validator.memo) == 0
+    assert validator.memo is not None
+    assert len(validator.memo) == 0
 
 
 def test_the_least_recently_used_goes_first() -> None:
@@ -81,7 +93,8 @@ def test_depth_is_checked_before_validation_and_off_the_memo() -> None:
         validator(Located(resource, "prefetch.observations.entry[2].resource"))
     assert raised.value.status == 400
     assert raised.value.issues[0].expression == "prefetch.observations.entry[2].resource"
-    assert validator.memo is not None and len(validator.memo) == 0
+    assert validator.memo is not None
+    assert len(validator.memo) == 0
 
 
 def _without_uuids(value: Any) -> Any:

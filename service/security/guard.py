@@ -17,16 +17,14 @@ from service.errors import ServiceUnavailable, TooManyRequests
 from service.security.issuers import ConfigError, Issuer, parse_issuers
 from service.security.jwks import JwksCache
 from service.security.shared import (
-    MemoryRateLimiter,
-    MemoryReplayCache,
-    RateLimiter,
-    RedisRateLimiter,
-    RedisReplayCache,
-    ReplayCache,
+    Admission,
+    MemoryState,
+    RedisState,
+    SharedState,
     StoreUnavailable,
     redis_client,
 )
-from service.security.tokens import AuthError, Caller, TokenVerifier
+from service.security.tokens import AuthError, Caller, TokenVerifier, shown
 
 log = logging.getLogger("twitch_cds.security")
 
@@ -61,7 +59,7 @@ class Guard:
     """Everything the request hooks need, built once per app."""
 
     verifier: TokenVerifier | None  # None: development without issuers (no authentication)
-    limiter: RateLimiter
+    shared: SharedState  # jti replay cache and rate counters
     rate_limit: int
     public_base_url: str
     cors_origins: frozenset[str] | None  # None: any origin
@@ -109,14 +107,11 @@ def build_guard(app: Flask) -> Guard:
     config = app.config
     issuers = parse_issuers(config["ISSUERS"])
     check_settings(dict(config), issuers)
-    replay: ReplayCache
-    limiter: RateLimiter
+    shared: SharedState
     if config["REDIS_URL"]:
-        client = redis_client(config["REDIS_URL"])
-        replay = RedisReplayCache(client, config["REDIS_PREFIX"])
-        limiter = RedisRateLimiter(client, config["REDIS_PREFIX"])
+        shared = RedisState(redis_client(config["REDIS_URL"]), config["REDIS_PREFIX"])
     else:
-        replay, limiter = MemoryReplayCache(), MemoryRateLimiter()
+        shared = MemoryState()
     verifier = None
     if issuers:
         jwks = JwksCache(
@@ -125,7 +120,7 @@ def build_guard(app: Flask) -> Guard:
             timeout=config["JWKS_TIMEOUT_SECONDS"],
         )
         verifier = TokenVerifier(
-            issuers, jwks, replay, config["JWT_LEEWAY_SECONDS"], config["JWT_MAX_LIFETIME_SECONDS"]
+            issuers, jwks, config["JWT_LEEWAY_SECONDS"], config["JWT_MAX_LIFETIME_SECONDS"]
         )
         log.info("authentication on: %d trusted issuer(s): %s", len(issuers), ", ".join(sorted(issuers)))
     else:
@@ -140,7 +135,7 @@ def build_guard(app: Flask) -> Guard:
         log.warning("REDIS_URL is empty: the jti replay cache is per process, not shared by workers")
     return Guard(
         verifier=verifier,
-        limiter=limiter,
+        shared=shared,
         rate_limit=int(config["RATE_LIMIT_PER_MINUTE"]),
         public_base_url=str(config["PUBLIC_BASE_URL"]).rstrip("/"),
         cors_origins=_cors_origins(config["CORS_ORIGINS"]),
@@ -183,29 +178,43 @@ def _authenticate(guard: Guard) -> Response | None:
     except AuthError as exc:
         log.warning("401 on %s %s: %s", request.method, request.path, exc.reason)
         return _unauthorized("invalid_token", exc.description)
-    except StoreUnavailable as exc:
-        # Without the replay cache a stolen token could be replayed: refuse, but say it is ours.
-        log.error("replay cache unavailable (%s): refusing %s %s", exc, request.method, request.path)
-        raise ServiceUnavailable.single("the service cannot check tokens right now; retry later") from exc
     return None
 
 
-def _limit(guard: Guard) -> None:
+def _admit(guard: Guard) -> Response | None:
+    """Check the jti was never used and count the request: one call to the shared state."""
     caller = current_caller()
     key = f"iss:{caller.issuer}" if caller else f"addr:{request.remote_addr}"
     try:
-        retry_after = guard.limiter.hit(key, guard.rate_limit)
+        if caller is None:
+            admission = guard.shared.admit(None, 0, key, guard.rate_limit)
+        else:
+            admission = guard.shared.admit(caller.jti_key, caller.jti_ttl, key, guard.rate_limit)
     except StoreUnavailable as exc:
+        if caller is not None:
+            # Without the replay cache a stolen token could be replayed: refuse, but say it is ours.
+            log.error("replay cache unavailable (%s): refusing %s %s", exc, request.method, request.path)
+            raise ServiceUnavailable.single("the service cannot check tokens right now; retry later") from exc
         # Fail open: losing the limiter for a moment must not take decision support away.
         log.error("rate-limit store unavailable (%s); request allowed", exc)
-        return
-    if retry_after is not None:
-        g.retry_after = retry_after
+        return None
+    return _enforce(guard, caller, admission)
+
+
+def _enforce(guard: Guard, caller: Caller | None, admission: Admission) -> Response | None:
+    if caller is not None and not admission.fresh:
+        reason = f"jti {shown(caller.jti)} replayed (already used); iss {caller.issuer}"
+        log.warning("401 on %s %s: %s", request.method, request.path, reason)
+        g.caller = None  # a replayed token is nobody's: not audited, not counted as its issuer's
+        return _unauthorized("invalid_token", "token replayed")
+    if admission.retry_after is not None:
+        g.retry_after = admission.retry_after
         who = caller.issuer if caller else "an unauthenticated client"
         log.warning("429 on %s %s: %s is over %d/min", request.method, request.path, who, guard.rate_limit)
         raise TooManyRequests.single(
-            f"more than {guard.rate_limit} requests a minute; retry after {retry_after} s"
+            f"more than {guard.rate_limit} requests a minute; retry after {admission.retry_after} s"
         )
+    return None
 
 
 def _before(guard: Guard) -> Response | None:
@@ -221,8 +230,7 @@ def _before(guard: Guard) -> Response | None:
         refused = _authenticate(guard)
         if refused is not None:
             return refused
-    _limit(guard)
-    return None
+    return _admit(guard)
 
 
 def _dev_notice(response: Response) -> None:

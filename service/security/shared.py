@@ -7,7 +7,8 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 
@@ -24,24 +25,28 @@ class StoreUnavailable(Exception):
     """The shared store could not be reached."""
 
 
-class ReplayCache(Protocol):
-    """Remembers each (issuer, jti) until its token expires."""
+@dataclass(frozen=True)
+class Admission:
+    """What the shared state says of one request: a fresh jti, and room under the rate limit."""
 
-    def first_use(self, key: str, ttl_seconds: int) -> bool:
-        """True the first time `key` is seen within `ttl_seconds`, False on every later use."""
+    fresh: bool  # the jti was not used before (True when no jti was checked)
+    retry_after: int | None  # None: under the limit; else seconds until the window resets
+
+
+class SharedState(Protocol):
+    """Remembers each (issuer, jti) until its token expires and counts requests per caller."""
+
+    def admit(self, jti_key: str | None, jti_ttl: int, rate_key: str, limit: int) -> Admission:
+        """Record the jti (when given) and count one request for `rate_key`, together."""
         ...
 
 
-class RateLimiter(Protocol):
-    """Counts requests per caller in fixed one-minute windows."""
-
-    def hit(self, key: str, limit: int) -> int | None:
-        """None when under the limit, else the seconds until the window resets."""
-        ...
+def _retry_after(now: float, window: int) -> int:
+    return max(1, math.ceil((window + 1) * RATE_WINDOW_SECONDS - now))
 
 
 class MemoryReplayCache:
-    """One process only: fine for one worker; production uses Redis (shared by all workers)."""
+    """Each key until it expires, in this process."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._seen: dict[str, float] = {}
@@ -80,50 +85,52 @@ class MemoryRateLimiter:
                 self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
             count = self._counts.get((key, window), 0) + 1
             self._counts[(key, window)] = count
-        if count <= limit:
-            return None
-        return max(1, math.ceil((window + 1) * RATE_WINDOW_SECONDS - now))
+        return None if count <= limit else _retry_after(now, window)
 
 
-class RedisReplayCache:
-    """SET NX with an expiry: atomic across every worker and replica sharing the Redis."""
+class MemoryState:
+    """One process only: fine for one worker; production uses Redis (shared by all workers)."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self._client = client
-        self._prefix = prefix + "jti:"
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.replay = MemoryReplayCache(clock)
+        self.limiter = MemoryRateLimiter(clock)
 
-    def first_use(self, key: str, ttl_seconds: int) -> bool:
-        """True when this call created the key."""
-        try:
-            created = self._client.set(self._prefix + digest(key), b"1", nx=True, ex=max(1, ttl_seconds))
-        except redis.RedisError as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
-        return bool(created)
+    def admit(self, jti_key: str | None, jti_ttl: int, rate_key: str, limit: int) -> Admission:
+        """Record the jti and count the request in this process."""
+        fresh = jti_key is None or self.replay.first_use(jti_key, jti_ttl)
+        return Admission(fresh, self.limiter.hit(rate_key, limit))
 
 
-class RedisRateLimiter:
-    """INCR on a per-window key that expires with its window: one counter for all workers."""
+class RedisState:
+    """SET NX for the jti and INCR for the window, in one MULTI: one round trip per request.
+
+    Atomic across every worker and replica sharing the Redis; each key expires with its token
+    or its window. Keys are digests: a jti or an issuer URL is caller-chosen text of any length.
+    """
 
     def __init__(self, client: redis.Redis, prefix: str, clock: Callable[[], float] = time.time) -> None:
         self._client = client
-        self._prefix = prefix + "rate:"
+        self._jti_prefix = prefix + "jti:"
+        self._rate_prefix = prefix + "rate:"
         self._clock = clock
 
-    def hit(self, key: str, limit: int) -> int | None:
-        """Count one request for `key` in the current window."""
+    def admit(self, jti_key: str | None, jti_ttl: int, rate_key: str, limit: int) -> Admission:
+        """One transaction; StoreUnavailable when Redis cannot be reached."""
         now = self._clock()
         window = int(now // RATE_WINDOW_SECONDS)
-        name = f"{self._prefix}{digest(key)}:{window}"
+        counter = f"{self._rate_prefix}{digest(rate_key)}:{window}"
         try:
             pipe = self._client.pipeline(transaction=True)
-            pipe.incr(name)
-            pipe.expire(name, RATE_WINDOW_SECONDS + 5)
-            count = cast(int, pipe.execute()[0])
+            if jti_key is not None:
+                pipe.set(self._jti_prefix + digest(jti_key), b"1", nx=True, ex=max(1, jti_ttl))
+            pipe.incr(counter)
+            pipe.expire(counter, RATE_WINDOW_SECONDS + 5)
+            replies = pipe.execute()
         except redis.RedisError as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-        if count <= limit:
-            return None
-        return max(1, math.ceil((window + 1) * RATE_WINDOW_SECONDS - now))
+        fresh = jti_key is None or bool(replies[0])
+        count = int(replies[-2])
+        return Admission(fresh, None if count <= limit else _retry_after(now, window))
 
 
 def redis_client(url: str) -> redis.Redis:
