@@ -3,9 +3,15 @@
 The machines are shared and noisy, so a trivial baseline (GET /healthz: routing and JSON, no
 rules, no authentication) is measured in the same run and every scenario is also reported as a
 ratio to it. The service runs as deployed: `gunicorn -c gunicorn.conf.py` with ENV=production, so
-every hook call and /evaluate carries a fresh ES384 JWT (a pool of pre-signed tokens with distinct
-jti, rotated by wrk's Lua script; the key set is served by a loopback http.server), its jti goes
-through the Redis replay cache, the rate limiter counts it, and the audit trail records it.
+every hook call and /evaluate carries a fresh JWT (RS384, as Epic signs, unless the scenario says
+ES384; a pool of pre-signed tokens with distinct jti, rotated by wrk's Lua script; the key set is
+served by a loopback http.server), its jti goes through the Redis replay cache, the rate limiter
+counts it, and the audit trail records it.
+
+The realistic call is sent again and again, as an EHR re-sends one patient's record on every chart
+open: the validation memo serves its resources after the first call. The "every resource new"
+row rewrites every resource id on each request, so the memo never helps: that is the cost of a
+patient the worker has not seen.
 PUBLIC_BASE_URL is the https URL a TLS-terminating proxy would expose; gunicorn itself listens on
 plain http on 127.0.0.1, as it would behind that proxy. The rate limit is raised: one issuer sends
 all the load. Needs wrk, Redis (--redis-url) and the Synthea records in ../shared.
@@ -32,13 +38,14 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
 import redis
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from service.cdshooks.bundles import hook_request_for_bundle
 from service.cdshooks.prefetch import prefetch_templates
@@ -55,6 +62,8 @@ PUBLIC_BASE_URL = "https://cds.bench.invalid"
 HOOK_PATH = "/cds-services/twitching-red-flags"
 # Most hook calls a second the two cores could conceivably answer: sizes the token pools.
 MAX_RATE = 2500
+# In the "every resource new" body each resource id carries this mark, replaced per request.
+MARK = "@@N@@"
 
 LUA = """
 local counter = 0
@@ -74,8 +83,10 @@ function request()
   i = i + 1
   -- Past the end of the pool a token is replayed and refused (401): it shows up as errors.
   local token = tokens[i] or tokens[#tokens]
+  -- Plain find and replace: the mark is in the body only when every request must be new.
+  local sent = body:gsub("%(mark)s", id .. "-" .. i)
   return wrk.format("POST", "%(path)s",
-    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}, body)
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}, sent)
 end
 """
 
@@ -86,8 +97,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _bodies() -> list[tuple[str, str, dict[str, Any]]]:
-    """(name, path, body): a realistic patient-view, the same with 1,000 Observations, a whole record."""
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the table: what is posted where, signed how."""
+
+    name: str
+    path: str
+    body: dict[str, Any]
+    alg: str = "RS384"
+
+
+def _scenarios() -> list[Scenario]:
+    """A realistic patient-view (also ES384, also all new), 1,000 Observations, a whole record."""
     record = json.loads((SYNTHEA / RECORD).read_text())
     resources = [e["resource"] for e in record["entry"]]
     patient = next(r for r in resources if r["resourceType"] == "Patient")
@@ -103,10 +124,13 @@ def _bodies() -> list[tuple[str, str, dict[str, Any]]]:
 
     templates = prefetch_templates(load_reference(ROOT / "rules" / "reference"))
 
-    def call(obs: list[dict[str, Any]]) -> dict[str, Any]:
+    def call(obs: list[dict[str, Any]], answers: dict[str, Any]) -> dict[str, Any]:
         # What an EHR sends for this record: every discovery template filled (service/cdshooks/bundles.py).
-        bundle = {"entry": [{"resource": r} for r in (patient, *obs, response)]}
+        bundle = {"entry": [{"resource": r} for r in (patient, *obs, answers)]}
         return hook_request_for_bundle(bundle, "patient-view", templates, user_id="Practitioner/bench")
+
+    def marked(resource: dict[str, Any]) -> dict[str, Any]:
+        return {**resource, "id": f"{resource['id']}-{MARK}"}
 
     many = []
     while len(many) < 1000:
@@ -116,21 +140,37 @@ def _bodies() -> list[tuple[str, str, dict[str, Any]]]:
             many.append(clone)
             if len(many) == 1000:
                 break
+    realistic = f"patient-view ({len(observations)} Observations + red-flag QR)"
     return [
-        (f"patient-view ({len(observations)} Observations + red-flag QR)", HOOK_PATH, call(observations)),
-        ("patient-view (1,000 Observations + red-flag QR)", HOOK_PATH, call(many)),
-        (f"/evaluate (whole Synthea record, {len(resources)} resources)", "/evaluate", record),
+        Scenario(realistic, HOOK_PATH, call(observations, response)),
+        Scenario(f"{realistic}, ES384", HOOK_PATH, call(observations, response), alg="ES384"),
+        Scenario(
+            f"{realistic}, every resource new",
+            HOOK_PATH,
+            call([marked(o) for o in observations], marked(response)),
+        ),
+        Scenario("patient-view (1,000 Observations + red-flag QR)", HOOK_PATH, call(many, response)),
+        Scenario(f"/evaluate (whole Synthea record, {len(resources)} resources)", "/evaluate", record),
     ]
 
 
 class Keys:
-    """An ES384 key whose JWK Set is served on loopback, and the tokens it signs."""
+    """An RS384 and an ES384 key whose JWK Set is served on loopback, and the tokens they sign."""
 
     def __init__(self) -> None:
-        self.private = ec.generate_private_key(ec.SECP384R1())
-        self.kid = "bench-" + secrets.token_hex(4)
-        jwk = dict(ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True))
-        body = json.dumps({"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "ES384"}]}).encode()
+        suffix = secrets.token_hex(4)
+        self.private: dict[str, Any] = {
+            "RS384": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "ES384": ec.generate_private_key(ec.SECP384R1()),
+        }
+        self.kid = {alg: f"bench-{alg.lower()}-{suffix}" for alg in self.private}
+        published = [
+            {**dict(RSAAlgorithm.to_jwk(self.private["RS384"].public_key(), as_dict=True)), "alg": "RS384"},
+            {**dict(ECAlgorithm.to_jwk(self.private["ES384"].public_key(), as_dict=True)), "alg": "ES384"},
+        ]
+        body = json.dumps(
+            {"keys": [{**jwk, "kid": self.kid[jwk["alg"]], "use": "sig"} for jwk in published]}
+        ).encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -147,17 +187,17 @@ class Keys:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.jwks_url = f"http://{HOST}:{self.server.server_port}/jwks.json"
 
-    def token(self, audience: str) -> str:
+    def token(self, audience: str, alg: str) -> str:
         """A fresh token: distinct jti, five minutes of life."""
         now = int(time.time())
         claims = {"iss": ISSUER, "sub": "bench", "aud": audience, "iat": now, "exp": now + 300}
         claims["jti"] = str(uuid.uuid4())
-        return jwt.encode(claims, self.private, algorithm="ES384", headers={"kid": self.kid})
+        return jwt.encode(claims, self.private[alg], algorithm=alg, headers={"kid": self.kid[alg]})
 
-    def pool(self, audience: str, count: int, workdir: Path, threads: int) -> None:
+    def pool(self, audience: str, alg: str, count: int, workdir: Path, threads: int) -> None:
         """Write `count` tokens split over one file per wrk thread (a jti is never sent twice)."""
         for t in range(threads):
-            lines = [self.token(audience) for _ in range(count // threads)]
+            lines = [self.token(audience, alg) for _ in range(count // threads)]
             (workdir / f"tokens-{t}.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -202,7 +242,7 @@ def _worker_memory_mb(master_pid: int) -> list[tuple[float, float]]:
 
 
 def _environment(args: argparse.Namespace, port: int, keys: Keys, workdir: Path) -> dict[str, str]:
-    issuers = [{"iss": ISSUER, "jwks_url": keys.jwks_url, "algorithms": ["ES384"]}]
+    issuers = [{"iss": ISSUER, "jwks_url": keys.jwks_url, "algorithms": ["RS384", "ES384"]}]
     return {
         **os.environ,
         "TWITCH_CDS_ENV": "production",
@@ -234,7 +274,7 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes], started: float) -> f
     raise RuntimeError("not ready within 30 s")
 
 
-def _run_once(args: argparse.Namespace, keys: Keys, bodies: list[tuple[str, str, dict[str, Any]]]) -> None:
+def _run_once(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario]) -> None:
     port = _free_port()
     base = f"http://{HOST}:{port}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,14 +302,19 @@ def _run_once(args: argparse.Namespace, keys: Keys, bodies: list[tuple[str, str,
                         _wrk(f"{base}/healthz", args.seconds, args.connections, None),
                     )
                 ]
-                for i, (name, path, body) in enumerate(bodies):
-                    scenario = workdir / f"s{i}"
-                    scenario.mkdir()
-                    (scenario / "body.json").write_text(json.dumps(body))
-                    keys.pool(PUBLIC_BASE_URL + path, MAX_RATE * args.seconds, scenario, threads=2)
-                    script = scenario / "post.lua"
-                    script.write_text(LUA % {"dir": scenario, "body": scenario / "body.json", "path": path})
-                    rows.append((name, _wrk(base + path, args.seconds, args.connections, script)))
+                for i, scenario in enumerate(scenarios):
+                    folder = workdir / f"s{i}"
+                    folder.mkdir()
+                    (folder / "body.json").write_text(json.dumps(scenario.body))
+                    audience = PUBLIC_BASE_URL + scenario.path
+                    keys.pool(audience, scenario.alg, MAX_RATE * args.seconds, folder, threads=2)
+                    script = folder / "post.lua"
+                    script.write_text(
+                        LUA
+                        % {"dir": folder, "body": folder / "body.json", "path": scenario.path, "mark": MARK}
+                    )
+                    result = _wrk(base + scenario.path, args.seconds, args.connections, script)
+                    rows.append((scenario.name, result))
                 memory = _worker_memory_mb(server.pid)
             finally:
                 server.send_signal(signal.SIGTERM)
@@ -277,15 +322,15 @@ def _run_once(args: argparse.Namespace, keys: Keys, bodies: list[tuple[str, str,
     baseline = rows[0][1]
     kind = f"gthread x{args.threads}" if args.threads > 1 else "sync"
     print(
-        f"gunicorn -c gunicorn.conf.py, ENV=production (ES384 JWT per call, Redis replay cache,"
+        f"gunicorn -c gunicorn.conf.py, ENV=production (RS384 JWT per call unless marked, Redis replay cache,"
         f" audit in {'PostgreSQL' if args.database_url else 'SQLite'}), {args.workers} {kind} workers;"
         f" wrk 2 threads, {args.connections} connections, {args.seconds}s each; {os.cpu_count()} CPUs"
     )
     print(f"ready (GET /readyz 200) {ready:.2f}s after start")
-    print(f"{'scenario':<58} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'scenario':<66} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for name, r in rows:
         print(
-            f"{name:<58} {r['rps']:>8.0f} {r['rps'] / baseline['rps']:>6.2f}"
+            f"{name:<66} {r['rps']:>8.0f} {r['rps'] / baseline['rps']:>6.2f}"
             f" {r['p50']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}"
         )
     print(
@@ -325,12 +370,12 @@ def main() -> int:
         print(f"Redis at {args.redis_url} is unreachable ({exc}); production mode needs it", file=sys.stderr)
         return 2
     keys = Keys()
-    bodies = _bodies()
+    scenarios = _scenarios()
     try:
         for run in range(args.runs):
             if args.runs > 1:
                 print(f"--- run {run + 1} of {args.runs}")
-            _run_once(args, keys, bodies)
+            _run_once(args, keys, scenarios)
     finally:
         keys.server.shutdown()
     return 0

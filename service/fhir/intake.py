@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pydantic
@@ -55,10 +55,10 @@ STATUS_VALUES: dict[str, frozenset[str]] = {
 SLEEP_DURATION_LOINC = "93832-4"
 
 
-@dataclass(frozen=True)
-class Located:
+class Located(NamedTuple):
     """A raw resource and where it sits in the request (FHIRPath-style)."""
 
+    # A tuple, not a frozen dataclass: one is built per prefetched resource, 1,000 on a big call.
     resource: dict[str, Any]
     path: str
 
@@ -94,43 +94,65 @@ class Selector:
         self.finding_codes = frozenset(c.key() for codes in reference.findings.values() for c in codes)
         self.analyte_of = {loinc: analyte.id for loinc, analyte in reference.analyte_by_loinc().items()}
 
-    def _codes(self, concept: Any) -> Iterator[tuple[str, str]]:
-        if isinstance(concept, dict):
-            for coding in concept.get("coding") or ():
-                if isinstance(coding, dict):
-                    yield (str(coding.get("system")), str(coding.get("code")))
+    @staticmethod
+    def _codes(concept: Any) -> list[tuple[str, str]]:
+        if not isinstance(concept, dict):
+            return []
+        codings = concept.get("coding") or ()
+        return [(str(c.get("system")), str(c.get("code"))) for c in codings if isinstance(c, dict)]
 
-    def lab_group(self, resource: dict[str, Any]) -> tuple[str, str] | None:
-        """(analyte id, subject) of an Observation the rules read only as a lab result, else None."""
+    def _lab_group(self, resource: dict[str, Any], codes: list[tuple[str, str]]) -> tuple[str, str] | None:
         # The extractor judges an Observation by its first LOINC coding (with system and code set);
         # anything also carrying a finding code, or a sleep duration, is read differently: None.
-        if resource.get("resourceType") != "Observation":
-            return None
-        codes = list(self._codes(resource.get("code")))
-        loinc = next((c for system, c in codes if system == LOINC and c not in ("", "None")), None)
-        analyte = self.analyte_of.get(loinc) if loinc is not None else None
+        analyte = None
+        for system, code in codes:
+            if system == LOINC and code not in ("", "None"):
+                analyte = self.analyte_of.get(code)
+                break
         if analyte is None:
             return None
-        if any(
-            key in self.finding_codes for key in (*codes, *self._codes(resource.get("valueCodeableConcept")))
-        ):
-            return None
+        findings = self.finding_codes
+        for key in codes:
+            if key in findings:
+                return None
+        for key in self._codes(resource.get("valueCodeableConcept")):
+            if key in findings:
+                return None
         subject = resource.get("subject")
         return analyte, str(subject.get("reference") if isinstance(subject, dict) else subject)
 
-    def wanted(self, resource: dict[str, Any]) -> bool:
-        """True for a resource the rules read."""
+    def select(self, resource: dict[str, Any]) -> tuple[bool, tuple[str, str] | None]:
+        """Whether the rules read a resource, and its lab group (see lab_group): codes read once."""
+        # Plain loops: this runs for every prefetched resource, a thousand on a big call.
         kind = resource.get("resourceType")
         if kind in ("Patient", "QuestionnaireResponse", "ServiceRequest"):
-            return True
+            return True, None
+        findings = self.finding_codes
         if kind == "Observation":
-            for system, code in self._codes(resource.get("code")):
-                if (system == LOINC and code in self.lab_codes) or ((system, code) in self.finding_codes):
-                    return True
-            return any(key in self.finding_codes for key in self._codes(resource.get("valueCodeableConcept")))
+            codes = self._codes(resource.get("code"))
+            labs = self.lab_codes
+            for key in codes:
+                if (key[0] == LOINC and key[1] in labs) or key in findings:
+                    return True, self._lab_group(resource, codes)
+            for key in self._codes(resource.get("valueCodeableConcept")):
+                if key in findings:
+                    return True, self._lab_group(resource, codes)
+            return False, None
         if kind == "Condition":
-            return any(key in self.finding_codes for key in self._codes(resource.get("code")))
-        return False
+            for key in self._codes(resource.get("code")):
+                if key in findings:
+                    return True, None
+        return False, None
+
+    def lab_group(self, resource: dict[str, Any]) -> tuple[str, str] | None:
+        """(analyte id, subject) of an Observation the rules read only as a lab result, else None."""
+        if resource.get("resourceType") != "Observation":
+            return None
+        return self._lab_group(resource, self._codes(resource.get("code")))
+
+    def wanted(self, resource: dict[str, Any]) -> bool:
+        """True for a resource the rules read."""
+        return self.select(resource)[0]
 
 
 def fhirpath(base: str, loc: Iterable[int | str]) -> str:
@@ -291,10 +313,10 @@ def take_in(
     results: dict[int, tuple[Located, Any, list[Issue]]] = {}
     labs: dict[tuple[str, str], list[tuple[date | None, int, Located]]] = {}
     for index, located in enumerate(resources):
-        if not selector.wanted(located.resource):
+        wanted, group = selector.select(located.resource)
+        if not wanted:
             continue
-        group = selector.lab_group(located.resource) if usable_lab is not None else None
-        if group is not None:
+        if group is not None and usable_lab is not None:
             labs.setdefault(group, []).append((_effective_date(located.resource), index, located))
         else:
             results[index] = (located, *validator(located))
