@@ -71,8 +71,16 @@ def on_starting(server: Any) -> None:
     _METRICS_DIR.mkdir(parents=True, exist_ok=True)
 
 
+# Objects a request creates between two collections of the youngest generation (default 700).
+# A 1 MB body is ~100,000 live objects while its request runs: at 700 the collector ran ~25 times
+# per call and each survivor pushed it towards full collections, which also scan every model the
+# validation memo keeps (measured in one process, 1,000-Observation call with a full memo: 15 ms
+# of collection per call at 700, none at 50,000). The app makes few reference cycles.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 def when_ready(server: Any) -> None:
-    """Freeze what preload built before the workers fork.
+    """Freeze what preload built before the workers fork, and collect less often.
 
     The rule set, models and validators live for the whole process: frozen, the cyclic garbage
     collector stops re-scanning them during requests (measured: 0.26 -> 0.07 ms of collection per
@@ -80,6 +88,7 @@ def when_ready(server: Any) -> None:
     collector touches them.
     """
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -22,6 +22,7 @@ all the load. Needs wrk, Redis (--redis-url) and the Synthea records in ../share
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import http.server
 import json
@@ -38,6 +39,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from typing import Any
 import jwt
 import redis
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from service.cdshooks.bundles import hook_request_for_bundle
@@ -274,51 +277,78 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes], started: float) -> f
     raise RuntimeError("not ready within 30 s")
 
 
-def _run_once(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario]) -> None:
+@contextlib.contextmanager
+def _gunicorn(
+    args: argparse.Namespace, keys: Keys, workdir: Path, app_uri: str | None = None, **extra: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes], float]]:
+    """`gunicorn -c gunicorn.conf.py [app]` on a free loopback port: (base URL, process, ready s)."""
     port = _free_port()
     base = f"http://{HOST}:{port}"
+    log_path = workdir / f"gunicorn-{port}.log"
+    command = [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"]
+    with log_path.open("wb") as log:
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [*command, *([app_uri] if app_uri else [])],
+            cwd=ROOT,
+            env={**_environment(args, port, keys, workdir), **extra},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            try:
+                ready = _wait_ready(base, server, started)
+            except RuntimeError:
+                sys.stderr.write(log_path.read_text()[-4000:])
+                raise
+            yield base, server, ready
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=20)
+
+
+def _load(
+    args: argparse.Namespace, keys: Keys, base: str, scenario: Scenario, folder: Path
+) -> dict[str, float]:
+    """wrk posting the scenario's body, each request with its own token."""
+    folder.mkdir()
+    (folder / "body.json").write_text(json.dumps(scenario.body))
+    keys.pool(PUBLIC_BASE_URL + scenario.path, scenario.alg, MAX_RATE * args.seconds, folder, threads=2)
+    script = folder / "post.lua"
+    script.write_text(
+        LUA % {"dir": folder, "body": folder / "body.json", "path": scenario.path, "mark": MARK}
+    )
+    return _wrk(base + scenario.path, args.seconds, args.connections, script)
+
+
+def _run_once(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         (workdir / "metrics").mkdir()
-        log_path = workdir / "gunicorn.log"
-        with log_path.open("wb") as log:
-            started = time.perf_counter()
-            server = subprocess.Popen(
-                [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"],
-                cwd=ROOT,
-                env=_environment(args, port, keys, workdir),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                try:
-                    ready = _wait_ready(base, server, started)
-                except RuntimeError:
-                    sys.stderr.write(log_path.read_text()[-4000:])
-                    raise
-                rows = [
-                    (
-                        "baseline GET /healthz (no auth)",
-                        _wrk(f"{base}/healthz", args.seconds, args.connections, None),
-                    )
-                ]
-                for i, scenario in enumerate(scenarios):
-                    folder = workdir / f"s{i}"
-                    folder.mkdir()
-                    (folder / "body.json").write_text(json.dumps(scenario.body))
-                    audience = PUBLIC_BASE_URL + scenario.path
-                    keys.pool(audience, scenario.alg, MAX_RATE * args.seconds, folder, threads=2)
-                    script = folder / "post.lua"
-                    script.write_text(
-                        LUA
-                        % {"dir": folder, "body": folder / "body.json", "path": scenario.path, "mark": MARK}
-                    )
-                    result = _wrk(base + scenario.path, args.seconds, args.connections, script)
-                    rows.append((scenario.name, result))
-                memory = _worker_memory_mb(server.pid)
-            finally:
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=20)
+        with _gunicorn(args, keys, workdir) as (base, server, ready):
+            rows = [
+                (
+                    "baseline GET /healthz (no auth)",
+                    _wrk(f"{base}/healthz", args.seconds, args.connections, None),
+                )
+            ]
+            for i, scenario in enumerate(scenarios):
+                rows.append((scenario.name, _load(args, keys, base, scenario, workdir / f"s{i}")))
+            memory = _worker_memory_mb(server.pid)
+        # The same realistic body through bench/floor.py: the stack's cost without FHIR or rules.
+        floor = Scenario(
+            "floor: same body, RS384 + Redis + SQLite insert, no FHIR/rules", HOOK_PATH, scenarios[0].body
+        )
+        pem = keys.private["RS384"].public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        with _gunicorn(
+            args,
+            keys,
+            workdir,
+            "bench.floor:create_floor_app()",
+            FLOOR_PUBLIC_KEY_PEM=pem.decode(),
+            FLOOR_AUDIENCE=PUBLIC_BASE_URL + HOOK_PATH,
+        ) as (floor_base, _, _):
+            rows.append((floor.name, _load(args, keys, floor_base, floor, workdir / "floor")))
     baseline = rows[0][1]
     kind = f"gthread x{args.threads}" if args.threads > 1 else "sync"
     print(
