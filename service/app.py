@@ -39,6 +39,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SERVICE_TITLE,
         max_depth=int(app.config["MAX_JSON_DEPTH"]),
         memo_entries=int(app.config["VALIDATION_MEMO_ENTRIES"]),
+        memo_bytes=int(app.config["VALIDATION_MEMO_BYTES"]),
     )
     app.extensions["questionnaire"] = build_questionnaire(ruleset.reference.questionnaire, canonical)
     # FetchConfigError: an unsafe or unusable FHIR_* setting refuses to start, like a flawed rule set.

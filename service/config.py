@@ -49,6 +49,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         2048,
         "Valid resources per worker whose R4B models are reused when the same JSON comes again; 0: off.",
     ),
+    "VALIDATION_MEMO_BYTES": (
+        4194304,
+        "Bytes of JSON the memo keeps per worker (models take ~10x); a resource over 1/64 is not kept.",
+    ),
     "CORS_ORIGINS": ("*", "Browser origins allowed: * or a JSON list of origins."),
     # Fallback fetch from the EHR's FHIR server when prefetch lacks data (docs/fhir-server.md).
     "FHIR_SERVER_ALLOWLIST": (

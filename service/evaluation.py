@@ -38,10 +38,11 @@ class Evaluator:
         service_title: str,
         max_depth: int = 64,
         memo_entries: int = 0,
+        memo_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.ruleset = ruleset
         self.selector = Selector(ruleset.reference)
-        self.validator = Validator(max_depth, memo_entries)
+        self.validator = Validator(max_depth, memo_entries, memo_bytes)
         self.extractor = FactExtractor(
             ruleset.reference, questionnaire_url(canonical_base, ruleset.reference.questionnaire)
         )

@@ -82,6 +82,34 @@ def test_the_least_recently_used_goes_first() -> None:
     assert (memo.get(b"a"), memo.get(b"c")) == ("A", "C")
 
 
+def test_the_memo_is_bounded_by_bytes_too() -> None:
+    """Past the byte budget the oldest go; a resource over 1/64 of it is never kept."""
+    memo = ValidatedModels(max_entries=100, max_bytes=6400)
+    memo.put(b"x" * 101, "too big")
+    assert len(memo) == 0
+    for i in range(100):
+        memo.put(bytes([i]) * 100, i)
+    assert memo.bytes <= 6400
+    assert len(memo) == 64
+    assert memo.get(bytes([0]) * 100) is None
+    assert memo.get(bytes([99]) * 100) == 99
+
+
+def test_a_huge_valid_resource_is_validated_but_not_kept() -> None:
+    """A 4 MB Patient (thousands of identifiers) must not stay in memory after its call."""
+    patient = {
+        "resourceType": "Patient",
+        "id": "p",
+        "identifier": [{"system": "urn:oid:1.2.3", "value": f"{i:08d}"} for i in range(60_000)],
+    }
+    validator = Validator(max_depth=64, memo_entries=8)
+    model, problems = validator(Located(patient, "prefetch.patient"))
+    assert model is not None
+    assert problems == []
+    assert validator.memo is not None
+    assert len(validator.memo) == 0
+
+
 def test_depth_is_checked_before_validation_and_off_the_memo() -> None:
     """A resource nesting past the limit is a 400 naming its path; it is never remembered."""
     deep: Any = {"url": "http://example.org/x", "valueString": "x"}

@@ -53,7 +53,7 @@ def _bundle_resources(body: Any) -> tuple[list[Located], set[str]]:
         located.append(Located(resource, f"{path}.resource"))
         if resource["resourceType"] == "Patient":
             patients += 1
-            if resource.get("id"):
+            if resource.get("id") and isinstance(resource["id"], str):  # else validation reports it
                 patient_refs.add(f"Patient/{resource['id']}")
             if isinstance(entry.get("fullUrl"), str):
                 patient_refs.add(entry["fullUrl"])

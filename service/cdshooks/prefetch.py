@@ -8,6 +8,7 @@ from typing import Any
 from service.engine.reference import LOINC, ReferenceData
 from service.errors import Issue
 from service.fhir.intake import SLEEP_DURATION_LOINC, Located
+from service.fhir.raw import scalar_text
 
 # prefetch key -> the resource type it brings; the first three are required to evaluate.
 KEY_TYPES = {
@@ -46,20 +47,24 @@ class PrefetchContent:
     notes: list[Issue] = field(default_factory=list)  # OperationOutcome entries in searchsets
 
 
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a raw JSON array (anything else in it, or a non-array, is skipped)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def _outcome_text(outcome: dict[str, Any]) -> str:
-    texts = [
-        str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code"))
-        for i in outcome.get("issue") or ()
-        if isinstance(i, dict)
-    ]
+    texts = []
+    for issue in _dicts(outcome.get("issue")):
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
+        texts.append(scalar_text(text or issue.get("code")))
     return "; ".join(texts) or "no details"
 
 
 def _outcome_codes(outcome: dict[str, Any]) -> str:
     codes = [
-        f"{i.get('severity', '?')}/{i.get('code', '?')}"
-        for i in outcome.get("issue") or ()
-        if isinstance(i, dict)
+        f"{scalar_text(i.get('severity', '?'))}/{scalar_text(i.get('code', '?'))}"
+        for i in _dicts(outcome.get("issue"))
     ]
     return ", ".join(codes) or "no issues"
 
@@ -67,9 +72,10 @@ def _outcome_codes(outcome: dict[str, Any]) -> str:
 def _searched_types(bundle: dict[str, Any]) -> set[str]:
     # An empty searchset under a health system's own key name is identified by its self link.
     types = set()
-    for link in bundle.get("link") or ():
-        if isinstance(link, dict) and link.get("relation") == "self":
-            path = str(link.get("url", "")).split("?", 1)[0].rstrip("/")
+    for link in _dicts(bundle.get("link")):
+        url = link.get("url")
+        if link.get("relation") == "self" and isinstance(url, str):
+            path = url.split("?", 1)[0].rstrip("/")
             types.add(path.rsplit("/", 1)[-1])
     return types
 
@@ -83,6 +89,8 @@ def read_prefetch(
         path = f"{origin}.{key}"
         if value is None:
             content.missing[key] = "sent as null (no data, or a template the EHR could not fill)"
+        elif not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            content.missing[key] = "not a FHIR resource (no resourceType)"
         elif value.get("resourceType") == "OperationOutcome":
             # Only the outcome's codes: its free text may quote the patient, and the 412 is logged.
             content.missing[key] = f"an OperationOutcome from the EHR ({_outcome_codes(value)})"
@@ -91,7 +99,7 @@ def read_prefetch(
             entries = value.get("entry") or []
             for i, entry in enumerate(entries if isinstance(entries, list) else []):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
-                if not isinstance(resource, dict):
+                if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
                     content.notes.append(
                         Issue("Bundle entry without a resource", f"{path}.entry[{i}]", "warning")
                     )

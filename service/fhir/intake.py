@@ -20,6 +20,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from service.engine.reference import LOINC, ReferenceData
 from service.errors import BadRequest, Issue
 from service.fhir.dates import fhir_date
+from service.fhir.raw import scalar_text
 from service.security.limits import json_depth_exceeds
 
 MODELS: dict[str, type[Any]] = {
@@ -99,7 +100,9 @@ class Selector:
         if not isinstance(concept, dict):
             return []
         codings = concept.get("coding") or ()
-        return [(str(c.get("system")), str(c.get("code"))) for c in codings if isinstance(c, dict)]
+        return [
+            (scalar_text(c.get("system")), scalar_text(c.get("code"))) for c in codings if isinstance(c, dict)
+        ]
 
     def _lab_group(self, resource: dict[str, Any], codes: list[tuple[str, str]]) -> tuple[str, str] | None:
         # The extractor judges an Observation by its first LOINC coding (with system and code set);
@@ -119,7 +122,7 @@ class Selector:
             if key in findings:
                 return None
         subject = resource.get("subject")
-        return analyte, str(subject.get("reference") if isinstance(subject, dict) else subject)
+        return analyte, scalar_text(subject.get("reference") if isinstance(subject, dict) else subject)
 
     def select(self, resource: dict[str, Any]) -> tuple[bool, tuple[str, str] | None]:
         """Whether the rules read a resource, and its lab group (see lab_group): codes read once."""
@@ -223,10 +226,17 @@ class ValidatedModels:
     one order (select, then sign); validation is deterministic, so byte-identical JSON gets the
     model built last time. Only valid resources are kept (problems carry per-request paths), the
     least recently used goes first, and the models are never modified after validation.
+
+    Bounded by entries and by the bytes of JSON kept (a model takes about ten times its JSON);
+    a resource larger than 1/64 of the byte budget is never kept, so a few huge resources cannot
+    take a worker's memory.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int = 4 * 1024 * 1024) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.largest = max_bytes // 64
+        self.bytes = 0
         self._models: OrderedDict[bytes, Any] = OrderedDict()
         self._lock = threading.Lock()  # gthread workers share one memo
         self.hits = 0
@@ -250,22 +260,28 @@ class ValidatedModels:
         """Forget every model."""
         with self._lock:
             self._models.clear()
+            self.bytes = 0
 
     def put(self, key: bytes, model: Any) -> None:
-        """Keep a valid resource's model, dropping the least recently used past the bound."""
+        """Keep a valid resource's model, dropping the least recently used past either bound."""
+        if len(key) > self.largest:
+            return
         with self._lock:
+            if key not in self._models:
+                self.bytes += len(key)
             self._models[key] = model
             self._models.move_to_end(key)
-            while len(self._models) > self.max_entries:
-                self._models.popitem(last=False)
+            while len(self._models) > self.max_entries or self.bytes > self.max_bytes:
+                dropped, _ = self._models.popitem(last=False)
+                self.bytes -= len(dropped)
 
 
 class Validator:
     """Validation as the edge does it: depth limit first, then the R4B model, remembered when valid."""
 
-    def __init__(self, max_depth: int, memo_entries: int = 0) -> None:
+    def __init__(self, max_depth: int, memo_entries: int = 0, memo_bytes: int = 4 * 1024 * 1024) -> None:
         self.max_depth = max_depth
-        self.memo = ValidatedModels(memo_entries) if memo_entries > 0 else None
+        self.memo = ValidatedModels(memo_entries, memo_bytes) if memo_entries > 0 and memo_bytes > 0 else None
 
     def __call__(self, located: Located) -> tuple[Any | None, list[Issue]]:
         """The model or the problems; 400 when the resource nests deeper than the limit."""
