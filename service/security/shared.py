@@ -97,40 +97,54 @@ class MemoryState:
 
     def admit(self, jti_key: str | None, jti_ttl: int, rate_key: str, limit: int) -> Admission:
         """Record the jti and count the request in this process."""
-        fresh = jti_key is None or self.replay.first_use(jti_key, jti_ttl)
-        return Admission(fresh, self.limiter.hit(rate_key, limit))
+        if jti_key is not None and not self.replay.first_use(jti_key, jti_ttl):
+            return Admission(False, None)  # a replay is refused, and not counted as its issuer's
+        return Admission(True, self.limiter.hit(rate_key, limit))
+
+
+# KEYS: [jti key,] rate counter; ARGV: jti ttl, window ttl. Returns {fresh, count}: a replayed
+# jti is not counted, so a stolen token replayed in a loop cannot use up its issuer's budget.
+_ADMIT = """
+local counter = KEYS[1]
+if #KEYS == 2 then
+  if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+    return {0, 0}
+  end
+  counter = KEYS[2]
+end
+local count = redis.call('INCR', counter)
+redis.call('EXPIRE', counter, ARGV[2])
+return {1, count}
+"""
 
 
 class RedisState:
-    """SET NX for the jti and INCR for the window, in one MULTI: one round trip per request.
+    """The jti SET NX and the window's INCR in one server-side script: one round trip per request.
 
     Atomic across every worker and replica sharing the Redis; each key expires with its token
     or its window. Keys are digests: a jti or an issuer URL is caller-chosen text of any length.
     """
 
     def __init__(self, client: redis.Redis, prefix: str, clock: Callable[[], float] = time.time) -> None:
-        self._client = client
+        self._script = client.register_script(_ADMIT)  # EVALSHA, loaded on first use
         self._jti_prefix = prefix + "jti:"
         self._rate_prefix = prefix + "rate:"
         self._clock = clock
 
     def admit(self, jti_key: str | None, jti_ttl: int, rate_key: str, limit: int) -> Admission:
-        """One transaction; StoreUnavailable when Redis cannot be reached."""
+        """One script call; StoreUnavailable when Redis cannot be reached."""
         now = self._clock()
         window = int(now // RATE_WINDOW_SECONDS)
-        counter = f"{self._rate_prefix}{digest(rate_key)}:{window}"
+        keys = [f"{self._rate_prefix}{digest(rate_key)}:{window}"]
+        if jti_key is not None:
+            keys.insert(0, self._jti_prefix + digest(jti_key))
         try:
-            pipe = self._client.pipeline(transaction=True)
-            if jti_key is not None:
-                pipe.set(self._jti_prefix + digest(jti_key), b"1", nx=True, ex=max(1, jti_ttl))
-            pipe.incr(counter)
-            pipe.expire(counter, RATE_WINDOW_SECONDS + 5)
-            replies = pipe.execute()
+            fresh, count = self._script(keys=keys, args=[max(1, jti_ttl), RATE_WINDOW_SECONDS + 5])
         except redis.RedisError as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-        fresh = jti_key is None or bool(replies[0])
-        count = int(replies[-2])
-        return Admission(fresh, None if count <= limit else _retry_after(now, window))
+        if not fresh:
+            return Admission(False, None)
+        return Admission(True, None if int(count) <= limit else _retry_after(now, window))
 
 
 def redis_client(url: str) -> redis.Redis:

@@ -235,6 +235,23 @@ def test_a_forged_token_does_not_burn_a_genuine_jti(make_app: Callable[..., Flas
     assert client.post(SERVICE, json=hook_body(), headers=bearer(genuine)).status_code == 200
 
 
+@pytest.mark.parametrize("shared", ["memory", "redis"])
+def test_replays_do_not_use_up_the_issuers_rate_budget(
+    make_app: Callable[..., Flask], keys: Keys, redis_url: str, redis_prefix: str, shared: str
+) -> None:
+    """A stolen token replayed in a loop is refused every time and never counted against its EHR."""
+    redis = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix} if shared == "redis" else {}
+    client = make_app(RATE_LIMIT_PER_MINUTE=2, **redis).test_client()
+    stolen = mint(keys.rs384)
+    assert client.post(SERVICE, json=hook_body(), headers=bearer(stolen)).status_code == 200
+    for _ in range(5):
+        assert "replayed" in _refused(client.post(SERVICE, json=hook_body(), headers=bearer(stolen)))
+    genuine = client.post(SERVICE, json=hook_body(), headers=bearer(mint(keys.rs384)))
+    assert genuine.status_code == 200, "the EHR's second genuine call is within its limit of 2"
+    over = client.post(SERVICE, json=hook_body(), headers=bearer(mint(keys.rs384)))
+    assert over.status_code == 429
+
+
 def test_replay_cache_down_is_503_not_401(make_app: Callable[..., Flask], keys: Keys) -> None:
     """An unreachable Redis refuses the call (no replay check, no answer) as the service's fault."""
     client = make_app(REDIS_URL="redis://127.0.0.1:1/0").test_client()
