@@ -5,11 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import pytest
 from flask import Flask
 
 from service.app import create_app
-from service.errors import ServiceError
 from service.fhir.intake import Located, ValidatedModels, Validator
 from tests.conftest import EXAMPLE_DAY, EXAMPLES, bundle_to_hook_request, load_json
 
@@ -111,18 +109,35 @@ def test_a_huge_valid_resource_is_validated_but_not_kept() -> None:
 
 
 def test_depth_is_checked_before_validation_and_off_the_memo() -> None:
-    """A resource nesting past the limit is a 400 naming its path; it is never remembered."""
+    """A resource nesting past the limit is a problem at its path, found before any model work."""
     deep: Any = {"url": "http://example.org/x", "valueString": "x"}
     for _ in range(40):
         deep = {"url": "http://example.org/x", "extension": [deep]}
     resource = {**POTASSIUM, "extension": [deep]}
     validator = Validator(max_depth=20, memo_entries=8)
-    with pytest.raises(ServiceError) as raised:
-        validator(Located(resource, "prefetch.observations.entry[2].resource"))
-    assert raised.value.status == 400
-    assert raised.value.issues[0].expression == "prefetch.observations.entry[2].resource"
+    model, problems = validator(Located(resource, "prefetch.observations.entry[2].resource"))
+    assert model is None
+    assert [p.expression for p in problems] == ["prefetch.observations.entry[2].resource"]
+    assert "nests deeper than 20 levels" in problems[0].diagnostics
     assert validator.memo is not None
     assert len(validator.memo) == 0
+
+
+def test_a_deep_resource_in_a_hook_call_is_on_the_data_card() -> None:
+    """The rest of the call is evaluated; the data card names the resource (and withholds reassurance)."""
+    app = create_app({"TESTING": True, "TODAY": EXAMPLE_DAY, "MAX_JSON_DEPTH": 20})
+    bundle = load_json(EXAMPLES / "lab-low-potassium" / "fires-low-potassium-blood.json")
+    call = bundle_to_hook_request(bundle)
+    deep: Any = {"url": "http://example.org/x", "valueString": "x"}
+    for _ in range(30):
+        deep = {"url": "http://example.org/x", "extension": [deep]}
+    call["prefetch"]["observations"]["entry"][0]["resource"]["extension"] = [deep]
+    response = app.test_client().post(SERVICE, json=call)
+    assert response.status_code == 200
+    cards = response.get_json()["cards"]
+    data = [c for c in cards if c["source"]["topic"]["code"] == "dataquality"]
+    assert len(data) == 1
+    assert "nests deeper than 20 levels" in data[0]["detail"]
 
 
 def _without_uuids(value: Any) -> Any:

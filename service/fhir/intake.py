@@ -18,7 +18,7 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.engine.reference import LOINC, ReferenceData
-from service.errors import BadRequest, Issue
+from service.errors import Issue
 from service.fhir.dates import fhir_date
 from service.fhir.raw import scalar_text
 from service.security.limits import json_depth_exceeds
@@ -284,7 +284,7 @@ class Validator:
         self.memo = ValidatedModels(memo_entries, memo_bytes) if memo_entries > 0 and memo_bytes > 0 else None
 
     def __call__(self, located: Located) -> tuple[Any | None, list[Issue]]:
-        """The model or the problems; 400 when the resource nests deeper than the limit."""
+        """The model or the problems (nesting past the limit is one, found before any model work)."""
         key = None
         if self.memo is not None:
             try:
@@ -296,8 +296,10 @@ class Validator:
                 return model, []
         # Only what is modelled is walked (pydantic and the answer checks recurse); the parts of a
         # request nobody reads are left to orjson's own limit of 1,024 levels.
+        # Reported like any invalid resource (data card on a hook call, 422 on /evaluate): the
+        # fault may be the FHIR server's, when the resource was fetched, not the caller's.
         if json_depth_exceeds(located.resource, self.max_depth):
-            raise BadRequest.single(f"this resource nests deeper than {self.max_depth} levels", located.path)
+            return None, [Issue(f"this resource nests deeper than {self.max_depth} levels", located.path)]
         model, problems = validate(located)
         if key is not None and model is not None and not problems:
             assert self.memo is not None
