@@ -54,9 +54,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     install_stores(app)  # opens and migrates the feedback and audit database
     for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs):
         app.register_blueprint(module.bp)
-    pipeline = HookPipeline(
-        app.extensions["evaluator"], discovery.SERVICE_HOOKS, int(app.config["MAX_JSON_DEPTH"])
-    )
+    pipeline = HookPipeline(app.extensions["evaluator"], discovery.SERVICE_HOOKS)
     app.extensions["hook_pipeline"] = pipeline
     if int(app.config["WARM_UP"]):
         # Under gunicorn --preload this runs once in the master; the workers inherit it on fork.

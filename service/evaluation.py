@@ -11,7 +11,7 @@ from service.engine.evaluate import evaluate
 from service.engine.ruleset import RuleSet
 from service.errors import BadRequest, InvalidFhir, Issue, MissingData
 from service.facts.extract import FactExtractor
-from service.fhir.intake import Intake, Located, Selector, Validator, take_in
+from service.fhir.intake import DEFAULT_MEMO_BYTES, Intake, Located, Selector, Validator, take_in
 from service.fhir.questionnaire import questionnaire_url
 
 
@@ -38,7 +38,7 @@ class Evaluator:
         service_title: str,
         max_depth: int = 64,
         memo_entries: int = 0,
-        memo_bytes: int = 4 * 1024 * 1024,
+        memo_bytes: int = DEFAULT_MEMO_BYTES,
     ) -> None:
         self.ruleset = ruleset
         self.selector = Selector(ruleset.reference)

@@ -19,13 +19,12 @@ class HookPipeline:
 
     evaluator: Evaluator
     hooks: tuple[str, ...]
-    max_depth: int
 
     def parse(self, body: Any) -> HookRequest:
         """Validate the envelope (400 with every problem's path); prefetch is checked where read."""
         # The envelope is walked whole; prefetch resources are walked one by one as they are
         # validated (service/fhir/intake.Validator), so a 1 MB searchset is not walked twice.
-        check_json_depth(body, self.max_depth, without="prefetch")
+        check_json_depth(body, self.evaluator.validator.max_depth, without="prefetch")
         return parse_hook_request(body, self.hooks)
 
     def answer(

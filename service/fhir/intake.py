@@ -105,6 +105,7 @@ class Selector:
         ]
 
     def _lab_group(self, resource: dict[str, Any], codes: list[tuple[str, str]]) -> tuple[str, str] | None:
+        """(analyte id, subject) of an Observation the rules read only as a lab result, else None."""
         # The extractor judges an Observation by its first LOINC coding (with system and code set);
         # anything also carrying a finding code, or a sleep duration, is read differently: None.
         analyte = None
@@ -125,7 +126,7 @@ class Selector:
         return analyte, scalar_text(subject.get("reference") if isinstance(subject, dict) else subject)
 
     def select(self, resource: dict[str, Any]) -> tuple[bool, tuple[str, str] | None]:
-        """Whether the rules read a resource, and its lab group (see lab_group): codes read once."""
+        """Whether the rules read a resource, and its lab group (see _lab_group): codes read once."""
         # Plain loops: this runs for every prefetched resource, a thousand on a big call.
         kind = resource.get("resourceType")
         if kind in ("Patient", "QuestionnaireResponse", "ServiceRequest"):
@@ -146,12 +147,6 @@ class Selector:
                 if key in findings:
                     return True, None
         return False, None
-
-    def lab_group(self, resource: dict[str, Any]) -> tuple[str, str] | None:
-        """(analyte id, subject) of an Observation the rules read only as a lab result, else None."""
-        if resource.get("resourceType") != "Observation":
-            return None
-        return self._lab_group(resource, self._codes(resource.get("code")))
 
     def wanted(self, resource: dict[str, Any]) -> bool:
         """True for a resource the rules read."""
@@ -219,6 +214,10 @@ def validate(located: Located) -> tuple[Any | None, list[Issue]]:
     return (None if problems else model), problems
 
 
+# Bytes of JSON the validation memo keeps per worker by default (VALIDATION_MEMO_BYTES).
+DEFAULT_MEMO_BYTES = 4 * 1024 * 1024
+
+
 class ValidatedModels:
     """Models of valid resources this worker has already validated, keyed by their exact JSON.
 
@@ -232,7 +231,7 @@ class ValidatedModels:
     take a worker's memory.
     """
 
-    def __init__(self, max_entries: int, max_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, max_entries: int, max_bytes: int = DEFAULT_MEMO_BYTES) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.largest = max_bytes // 64
@@ -279,7 +278,7 @@ class ValidatedModels:
 class Validator:
     """Validation as the edge does it: depth limit first, then the R4B model, remembered when valid."""
 
-    def __init__(self, max_depth: int, memo_entries: int = 0, memo_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, max_depth: int, memo_entries: int = 0, memo_bytes: int = DEFAULT_MEMO_BYTES) -> None:
         self.max_depth = max_depth
         self.memo = ValidatedModels(memo_entries, memo_bytes) if memo_entries > 0 and memo_bytes > 0 else None
 

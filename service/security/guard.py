@@ -186,10 +186,8 @@ def _admit(guard: Guard) -> Response | None:
     caller = current_caller()
     key = f"iss:{caller.issuer}" if caller else f"addr:{request.remote_addr}"
     try:
-        if caller is None:
-            admission = guard.shared.admit(None, 0, key, guard.rate_limit)
-        else:
-            admission = guard.shared.admit(caller.jti_key, caller.jti_ttl, key, guard.rate_limit)
+        jti_key, jti_ttl = (caller.jti_key, caller.jti_ttl) if caller else (None, 0)
+        admission = guard.shared.admit(jti_key, jti_ttl, key, guard.rate_limit)
     except StoreUnavailable as exc:
         if caller is not None:
             # Without the replay cache a stolen token could be replayed: refuse, but say it is ours.
