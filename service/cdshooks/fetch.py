@@ -19,7 +19,14 @@ import requests
 import urllib3
 
 from service.cdshooks.envelope import HookRequest
-from service.cdshooks.prefetch import KEY_TYPES, REQUIRED_KEYS, PrefetchContent, missing_keys, read_prefetch
+from service.cdshooks.prefetch import (
+    KEY_TYPES,
+    REQUIRED_KEYS,
+    PrefetchContent,
+    drop_key,
+    missing_keys,
+    read_prefetch,
+)
 from service.errors import Issue, MissingData
 from service.metrics import observe_fetch
 
@@ -562,6 +569,25 @@ def complete_prefetch(
 ) -> None:
     """Fetch what prefetch lacks into `content`; 412 when required data stays out of reach."""
     gaps = missing_keys(content, hook_request.prefetch)
+    paged = {k: v for k, v in content.paged.items() if k in KEY_TYPES and k not in gaps}
+    if paged:
+        if fetcher.refusal(hook_request.fhir_server) is None:
+            # A searchset with a next link is one page of a longer result (Medplum's client sends
+            # only the first page): the whole search is read again from fhirServer, safely paged.
+            for key in paged:
+                gaps[key] = "one page of a longer search (its Bundle has a next link)"
+        else:
+            for key in paged:
+                content.notes.append(
+                    Issue(
+                        f"prefetch.{key} is the first page of a longer search (its Bundle has a next"
+                        " link) and fhirServer cannot be read to follow it; later pages, which may hold"
+                        " the newest results, were not read",
+                        f"prefetch.{key}",
+                        "warning",
+                        "incomplete",
+                    )
+                )
     if not gaps:
         return
     refusal = fetcher.refusal(hook_request.fhir_server)
@@ -587,6 +613,20 @@ def complete_prefetch(
         read_prefetch(fetched.values, ORIGIN, content)
         for key in fetched.values:
             content.missing.pop(key, None)
+            if key in paged:
+                drop_key(content, key)  # the whole search replaces its first page
+        for key in [k for k in paged if k in fetched.failures]:
+            failure = fetched.failures.pop(key)
+            content.notes.append(
+                Issue(
+                    f"prefetch.{key} is the first page of a longer search (its Bundle has a next link);"
+                    f" the rest could not be read from fhirServer: {failure.why}; later pages, which may"
+                    " hold the newest results, were not read",
+                    f"prefetch.{key}",
+                    "warning",
+                    "incomplete",
+                )
+            )
         content.notes.extend(fetched.notes)
         failures = fetched.failures
         # Optional data that could not be fetched is said on the data card (it also withholds

@@ -23,7 +23,10 @@ REQUIRED_KEYS = ("patient", "observations", "questionnaireResponses")
 
 def prefetch_templates(reference: ReferenceData) -> dict[str, str]:
     """Templates asking for exactly what the rules read."""
-    lab_codes = [f"{LOINC}|{code}" for a in reference.analytes.values() for code in a.loinc]
+    # Lab codes without their system: LOINC and SNOMED CT codes cannot collide, and two hundred
+    # of them with systems would make a URL longer than many servers accept (the rules check the
+    # system of what comes back).
+    lab_codes = sorted({c.code for a in reference.analytes.values() for c in a.codes})
     finding_codes = [f"{c.system}|{c.code}" for codes in reference.findings.values() for c in codes]
     observation_codes = ",".join([*lab_codes, f"{LOINC}|{SLEEP_DURATION_LOINC}", *finding_codes])
     return {
@@ -45,6 +48,7 @@ class PrefetchContent:
     missing: dict[str, str] = field(default_factory=dict)  # key -> why it is unusable
     searched: set[str] = field(default_factory=set)  # resource types a searchset's self link names
     notes: list[Issue] = field(default_factory=list)  # OperationOutcome entries in searchsets
+    paged: dict[str, str] = field(default_factory=dict)  # key -> the next link of a partial searchset
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -80,6 +84,22 @@ def _searched_types(bundle: dict[str, Any]) -> set[str]:
     return types
 
 
+def _next_link(bundle: dict[str, Any]) -> str | None:
+    for link in _dicts(bundle.get("link")):
+        url = link.get("url")
+        if link.get("relation") == "next" and isinstance(url, str) and url:
+            return url
+    return None
+
+
+def drop_key(content: PrefetchContent, key: str, origin: str = "prefetch") -> None:
+    """Forget what one prefetch key brought (before it is read again, whole, from fhirServer)."""
+    prefix = f"{origin}.{key}."
+    content.resources = [r for r in content.resources if not r.path.startswith(prefix)]
+    content.notes = [n for n in content.notes if not (n.expression or "").startswith(prefix)]
+    content.paged.pop(key, None)
+
+
 def read_prefetch(
     prefetch: dict[str, Any], origin: str = "prefetch", content: PrefetchContent | None = None
 ) -> PrefetchContent:
@@ -96,6 +116,9 @@ def read_prefetch(
             content.missing[key] = f"an OperationOutcome from the EHR ({_outcome_codes(value)})"
         elif value.get("resourceType") == "Bundle":
             content.searched.update(_searched_types(value))
+            next_url = _next_link(value)
+            if next_url is not None:
+                content.paged[key] = next_url
             entries = value.get("entry") or []
             for i, entry in enumerate(entries if isinstance(entries, list) else []):
                 resource = entry.get("resource") if isinstance(entry, dict) else None

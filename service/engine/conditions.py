@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,23 +99,62 @@ class Compare:
         return {self.name}
 
 
+LAB_STATES = ("low", "high", "abnormal", "absent")
+
+
 @dataclass(frozen=True)
 class LabIs:
-    """The latest result of an analyte is low, high or abnormal (optionally: current or stale)."""
+    """The latest result of an analyte is low, high, abnormal, past a named grade, or absent."""
 
     analyte: str
-    status: str  # "low", "high", "abnormal"
+    status: str  # one of LAB_STATES, or a grade id of the analyte (e.g. "severe-high")
     current: bool | None = None
 
     def evaluate(self, facts: PatientFacts) -> Result:
         """Judge the latest result; unknown when there is none or it could not be judged."""
         lab = facts.labs.get(self.analyte)
+        if self.status == "absent":
+            return lab is None, ()
         if lab is None or lab.status == "unknown":
             return None, ()
-        matches = lab.status == self.status or (self.status == "abnormal" and lab.status in ("low", "high"))
+        if self.status in ("low", "high"):
+            if lab.status == "abnormal":
+                return None, ()  # flagged abnormal by the lab without a direction
+            matches = lab.status == self.status
+        elif self.status == "abnormal":
+            matches = lab.status in ("low", "high", "abnormal")
+        else:
+            matches = self.status in lab.grades
         if self.current is not None and lab.current != self.current:
             matches = False
         return matches, (lab.evidence(),)
+
+    def fact_names(self) -> set[str]:
+        """Labs are named by analyte."""
+        return {f"lab:{self.analyte}"}
+
+
+@dataclass(frozen=True)
+class LabCompare:
+    """The latest result of an analyte compared with a number in the analyte's canonical unit."""
+
+    analyte: str
+    op: str
+    limit: float
+
+    def evaluate(self, facts: PatientFacts) -> Result:
+        """Unknown when there is no result or it has no convertible value."""
+        lab = facts.labs.get(self.analyte) or facts.helper_labs.get(self.analyte)
+        if lab is None or lab.value is None:
+            return None, ()
+        value = lab.value
+        result = {
+            "above": value > self.limit,
+            "below": value < self.limit,
+            "at_least": value >= self.limit,
+            "at_most": value <= self.limit,
+        }[self.op]
+        return result, (lab.evidence(),)
 
     def fact_names(self) -> set[str]:
         """Labs are named by analyte."""
@@ -220,7 +259,7 @@ class Unanswered:
         return set(self.names)
 
 
-def parse_condition(raw: Any, registry: Mapping[str, FactSpec], analytes: Sequence[str]) -> Condition:
+def parse_condition(raw: Any, registry: Mapping[str, FactSpec], analytes: Mapping[str, Any]) -> Condition:
     """Parse a rule's condition (YAML data) and check every fact and analyte it names."""
     if isinstance(raw, str):
         spec = registry.get(raw)
@@ -253,12 +292,29 @@ def parse_condition(raw: Any, registry: Mapping[str, FactSpec], analytes: Sequen
                 raise ConditionError(f"unknown fact {name!r}")
         return Unanswered(names, {n: registry[n].label for n in names})
     if "lab" in keys:
+        analyte = analytes.get(raw["lab"])
+        if analyte is None:
+            raise ConditionError(f"unknown analyte {raw['lab']!r}")
+        ops = keys & {"above", "below", "at_least", "at_most"}
+        if ops:
+            if len(ops) != 1 or not keys - ops <= {"lab", "unit"} or "unit" not in keys:
+                raise ConditionError(
+                    f"lab comparison takes lab, one of above/below/at_least/at_most, unit: {sorted(keys)}"
+                )
+            op = ops.pop()
+            to_canonical = analyte.to_canonical(str(raw["unit"]))
+            if to_canonical is None:
+                raise ConditionError(
+                    f"lab {raw['lab']!r}: unit {raw['unit']!r} does not convert to {analyte.unit}"
+                )
+            return LabCompare(raw["lab"], op, float(raw[op]) * to_canonical)
         if not keys <= {"lab", "is", "current"}:
             raise ConditionError(f"lab condition takes lab, is, current: {sorted(keys)}")
-        if raw["lab"] not in analytes:
-            raise ConditionError(f"unknown analyte {raw['lab']!r}")
-        if raw.get("is") not in ("low", "high", "abnormal"):
-            raise ConditionError(f"lab 'is' must be low, high or abnormal: {raw.get('is')!r}")
+        states = (*LAB_STATES, *(g.id for g in analyte.grades), "severe-low", "severe-high")
+        if raw.get("is") not in states:
+            raise ConditionError(
+                f"lab {raw['lab']!r}: 'is' must be one of {list(dict.fromkeys(states))}: {raw.get('is')!r}"
+            )
         return LabIs(raw["lab"], raw["is"], raw.get("current"))
     if "fact" in keys:
         name = raw["fact"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from service.engine.units import Chemistry, UnitError, factor, normalise, validate_ucum
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -14,6 +17,10 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 CPT = "http://www.ama-assn.org/go/cpt"
 UCUM = "http://unitsofmeasure.org"
 KNOWN_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, CPT, "local"})
+
+
+# libyaml's safe loader when installed (7x faster on the lab-code tables), else the pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ReferenceDataError(ValueError):
@@ -49,24 +56,69 @@ class QuestionItem:
 
 @dataclass(frozen=True)
 class Range:
-    """An adult reference range in the analyte's canonical unit (either bound may be open)."""
+    """A reference range in the analyte's canonical unit (either bound may be open)."""
 
     low: float | None
     high: float | None
 
 
+GRADE_OPS = ("below", "at_most", "above", "at_least", "above_uln_times")
+
+
+@dataclass(frozen=True)
+class Grade:
+    """A named threshold past the reference range (e.g. severe hyperkalaemia), with its source."""
+
+    id: str
+    op: str  # one of GRADE_OPS
+    value: float  # in the analyte's canonical unit (a multiple of the upper limit for above_uln_times)
+    label: str
+    source: str
+
+    def applies(self, value: float, high: float | None) -> bool:
+        """Whether a canonical value reaches this grade (ULN multiples need the range's upper limit)."""
+        if self.op == "above_uln_times":
+            return high is not None and value > self.value * high
+        return {
+            "below": value < self.value,
+            "at_most": value <= self.value,
+            "above": value > self.value,
+            "at_least": value >= self.value,
+        }[self.op]
+
+
+@dataclass(frozen=True)
+class LabCode:
+    """A result code that names an analyte, with where it was verified."""
+
+    system: str
+    code: str
+    display: str
+    source: str
+
+
 @dataclass(frozen=True)
 class Analyte:
-    """A lab analyte recognised by any of its LOINC codes."""
+    """A lab analyte recognised by any of its codes (LOINC, SNOMED CT, a deployment's local map)."""
 
     id: str
     display: str
-    loinc: dict[str, str]
-    unit: str
-    unit_factors: dict[str, float]
+    codes: tuple[LabCode, ...]
+    other_specimen: tuple[LabCode, ...]  # the analyte measured in a specimen the rules do not read
+    names: tuple[str, ...]  # words naming it in a code's display or text (to refuse visibly)
+    unit: str  # canonical UCUM unit
+    chemistry: Chemistry
+    unit_aliases: dict[str, str]  # feed spellings that mean a UCUM unit for this analyte only
     ranges: dict[str, Range]  # "any", "male", "female"
     range_source: str
+    grades: tuple[Grade, ...]
     lookback_days: int
+    judged: bool = True  # False: read only to derive another result (e.g. albumin for calcium)
+
+    @property
+    def loinc(self) -> dict[str, str]:
+        """LOINC code -> display."""
+        return {c.code: c.display for c in self.codes if c.system == LOINC}
 
     def default_range(self, sex: str | None) -> Range | None:
         """The example-lab range for this sex, or the sex-neutral one."""
@@ -74,11 +126,20 @@ class Analyte:
             return self.ranges[sex]
         if "any" in self.ranges:
             return self.ranges["any"]
+        if not self.ranges:
+            return None
         # Sex unknown: judge against the widest sex-specific range, so only a value abnormal for
         # everyone is flagged, and a clearly abnormal one is never left unjudged.
         lows = [r.low for r in self.ranges.values() if r.low is not None]
         highs = [r.high for r in self.ranges.values() if r.high is not None]
         return Range(min(lows) if lows else None, max(highs) if highs else None)
+
+    def to_canonical(self, spelling: str) -> float | None:
+        """Factor from a feed's unit spelling to the canonical unit; None when it does not convert."""
+        try:
+            return factor(normalise(spelling, self.unit_aliases), self.unit, self.chemistry)
+        except UnitError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -121,6 +182,20 @@ class Questionnaire:
 
 
 @dataclass(frozen=True)
+class CalciumAdjustment:
+    """How to estimate albumin-adjusted calcium (factor per g/L of albumin, in the adjusted unit)."""
+
+    adjusted: str
+    total: str
+    albumin: str
+    factor: float  # canonical unit of `adjusted` per g/L of albumin below the reference
+    reference_albumin: float  # g/L
+    max_days_apart: int
+    label: str
+    source: str
+
+
+@dataclass(frozen=True)
 class ReferenceData:
     """All reference tables, cross-checked."""
 
@@ -129,10 +204,15 @@ class ReferenceData:
     orderables: dict[str, Orderable]
     findings: dict[str, tuple[Coding, ...]]
     sources: dict[str, Source]
+    calcium_adjustment: CalciumAdjustment
 
-    def analyte_by_loinc(self) -> dict[str, Analyte]:
-        """Map every recognised LOINC code to its analyte."""
-        return {code: a for a in self.analytes.values() for code in a.loinc}
+    def analyte_by_code(self) -> dict[tuple[str, str], Analyte]:
+        """Map every recognised (system, code) to its analyte."""
+        return {(c.system, c.code): a for a in self.analytes.values() for c in a.codes}
+
+    def analyte_by_other_specimen(self) -> dict[tuple[str, str], Analyte]:
+        """Map each code of an analyte in a specimen the rules do not read to that analyte."""
+        return {(c.system, c.code): a for a in self.analytes.values() for c in a.other_specimen}
 
 
 def _coding(raw: Any, where: str) -> Coding:
@@ -147,7 +227,7 @@ def _coding(raw: Any, where: str) -> Coding:
 def _read(folder: Path, name: str) -> Any:
     path = folder / name
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)  # noqa: S506 - CSafeLoader is safe
     except (OSError, yaml.YAMLError) as exc:
         raise ReferenceDataError(f"{path}: {exc}") from exc
 
@@ -183,35 +263,209 @@ def _questionnaire(raw: dict[str, Any]) -> Questionnaire:
     )
 
 
-def _analyte(analyte_id: str, raw: dict[str, Any]) -> Analyte:
-    raw_range = dict(raw["range"])
+ANALYTE_KEYS = frozenset(
+    ["display", "names", "unit", "chemistry", "codes", "other_specimen", "unit_aliases", "range",
+     "grades", "lookback_days", "judged"]
+)  # fmt: skip
+
+
+def _lab_codes(raw: Any, where: str, known_sources: set[str]) -> tuple[LabCode, ...]:
+    out = []
+    for i, entry in enumerate(raw or ()):
+        coding = _coding(entry, f"{where}[{i}]")
+        display, source = str(entry.get("display", "")).strip(), str(entry.get("source", "")).strip()
+        if not display or not source:
+            raise ReferenceDataError(
+                f"{where}[{i}] {coding.code}: every lab code needs a display and a source"
+            )
+        cited = "://" in source or any(re.search(rf"\b{re.escape(k)}\b", source) for k in known_sources)
+        if not cited:
+            raise ReferenceDataError(
+                f"{where}[{i}] {coding.code}: source {source[:60]!r} names no URL"
+                " and none of lab-code-sources.yaml"
+            )
+        out.append(LabCode(coding.system, coding.code, display, source))
+    return tuple(out)
+
+
+def _in_unit(value: Any, unit: str, analyte: str, chemistry: Chemistry, where: str) -> float:
+    try:
+        validate_ucum(unit)
+        return float(value) * factor(unit, analyte, chemistry)
+    except (UnitError, TypeError, ValueError) as exc:
+        raise ReferenceDataError(f"{where}: {exc}") from exc
+
+
+def _analyte(analyte_id: str, raw: dict[str, Any], code_sources: set[str]) -> Analyte:
+    where = f"labs {analyte_id}"
+    if not isinstance(raw, dict):
+        raise ReferenceDataError(f"{where}: an analyte is a mapping")
+    unknown = set(raw) - ANALYTE_KEYS
+    if unknown:
+        raise ReferenceDataError(f"{where}: unknown keys {sorted(unknown)}")
+    unit = str(raw["unit"])
+    try:
+        validate_ucum(unit)
+    except UnitError as exc:
+        raise ReferenceDataError(f"{where}: canonical unit: {exc}") from exc
+    chem = raw.get("chemistry") or {}
+    if chem and not chem.get("source"):
+        raise ReferenceDataError(f"{where}: chemistry needs a source")
+    chemistry = Chemistry(
+        float(chem["molar_mass"]) if "molar_mass" in chem else None, int(chem.get("charge", 1))
+    )
+    aliases = {str(k): str(v) for k, v in (raw.get("unit_aliases") or {}).items()}
+    for spelling, target in aliases.items():
+        try:
+            factor(target, unit, chemistry)
+        except UnitError as exc:
+            raise ReferenceDataError(f"{where}: unit alias {spelling!r}: {exc}") from exc
+    raw_range = dict(raw.get("range") or {})
     source = str(raw_range.pop("source", ""))
+    range_unit = str(raw_range.pop("unit", unit))
+
+    def bound(r: dict[str, Any], key: str) -> float | None:
+        v = r.get(key)
+        return None if v is None else _in_unit(v, range_unit, unit, chemistry, f"{where} range")
+
     ranges: dict[str, Range] = {}
     if "male" in raw_range or "female" in raw_range:
         for sex in ("male", "female"):
             r = raw_range[sex]
-            ranges[sex] = Range(r.get("low"), r.get("high"))
-    else:
-        ranges["any"] = Range(raw_range.get("low"), raw_range.get("high"))
-    factors = {str(unit): float(f) for unit, f in raw["units"].items()}
-    if raw["unit"] not in factors:
-        raise ReferenceDataError(f"labs {analyte_id}: canonical unit missing from units")
+            ranges[sex] = Range(bound(r, "low"), bound(r, "high"))
+    elif raw_range:
+        ranges["any"] = Range(bound(raw_range, "low"), bound(raw_range, "high"))
+    if ranges and not source:
+        raise ReferenceDataError(f"{where}: a range needs a source")
+    grades = []
+    for i, g in enumerate(raw.get("grades") or ()):
+        gwhere = f"{where} grades[{i}]"
+        ops = [op for op in GRADE_OPS if op in g]
+        if len(ops) != 1 or not g.get("id") or not g.get("label") or not g.get("source"):
+            raise ReferenceDataError(f"{gwhere}: a grade has an id, a label, a source and one of {GRADE_OPS}")
+        op = ops[0]
+        value = (
+            float(g[op])
+            if op == "above_uln_times"
+            else _in_unit(g[op], str(g.get("unit", unit)), unit, chemistry, gwhere)
+        )
+        grades.append(Grade(str(g["id"]), op, value, str(g["label"]), str(g["source"])))
+    names = tuple(str(n).lower() for n in raw.get("names") or ())
+    if not names:
+        raise ReferenceDataError(f"{where}: names (words that name the analyte in a display) are required")
+    codes = _lab_codes(raw.get("codes"), f"{where} codes", code_sources)
+    if not codes:
+        raise ReferenceDataError(f"{where}: at least one code is required")
     return Analyte(
         id=analyte_id,
         display=raw["display"],
-        loinc={str(k): str(v) for k, v in raw["loinc"].items()},
-        unit=raw["unit"],
-        unit_factors=factors,
+        codes=codes,
+        other_specimen=_lab_codes(raw.get("other_specimen"), f"{where} other_specimen", code_sources),
+        names=names,
+        unit=unit,
+        chemistry=chemistry,
+        unit_aliases=aliases,
         ranges=ranges,
         range_source=source,
+        grades=tuple(grades),
         lookback_days=int(raw["lookback_days"]),
+        judged=bool(raw.get("judged", True)),
     )
 
 
-def load_reference(folder: Path) -> ReferenceData:
-    """Load and cross-check every reference table in `folder`."""
+def _check_codes_unique(analytes: dict[str, Analyte]) -> None:
+    owner: dict[tuple[str, str], str] = {}
+    for analyte in analytes.values():
+        for c in (*analyte.codes, *analyte.other_specimen):
+            key = (c.system, c.code)
+            if key in owner and owner[key] != analyte.id:
+                raise ReferenceDataError(
+                    f"labs: {c.system}|{c.code} is claimed by {owner[key]} and {analyte.id}"
+                )
+            if key in owner:
+                raise ReferenceDataError(f"labs {analyte.id}: {c.system}|{c.code} is listed twice")
+            owner[key] = analyte.id
+
+
+def load_local_lab_codes(path: Path, analytes: dict[str, Analyte]) -> dict[str, Analyte]:
+    """Add a deployment's local result codes from a FHIR R4 ConceptMap (local code -> a known code)."""
+    from fhir.resources.R4B.conceptmap import ConceptMap  # only deployments with a map pay for it
+
+    try:
+        concept_map = ConceptMap.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ReferenceDataError(f"{path}: not a valid FHIR R4 ConceptMap: {exc}") from exc
+    by_code = {(c.system, c.code): a for a in analytes.values() for c in a.codes}
+    added: dict[str, list[LabCode]] = {}
+    for g, group in enumerate(concept_map.group or ()):
+        if not group.source or not group.target:
+            raise ReferenceDataError(f"{path}: group[{g}] needs source and target systems")
+        for e, element in enumerate(group.element or ()):
+            where = f"{path}: group[{g}].element[{e}] {element.code!r}"
+            targets = [t for t in element.target or () if t.equivalence in ("equivalent", "equal")]
+            if len(targets) != 1:
+                raise ReferenceDataError(f"{where}: exactly one target with equivalence equivalent or equal")
+            analyte = by_code.get((str(group.target), str(targets[0].code)))
+            if analyte is None:
+                raise ReferenceDataError(
+                    f"{where}: target {group.target}|{targets[0].code} is not a result code of any analyte"
+                )
+            if (str(group.source), str(element.code)) in by_code:
+                raise ReferenceDataError(f"{where}: this code is already known")
+            added.setdefault(analyte.id, []).append(
+                LabCode(
+                    str(group.source),
+                    str(element.code),
+                    element.display or analyte.display,
+                    f"local ConceptMap {concept_map.url or path.name}",
+                )
+            )
+    out = dict(analytes)
+    for analyte_id, codes in added.items():
+        a = analytes[analyte_id]
+        out[analyte_id] = Analyte(**{**a.__dict__, "codes": (*a.codes, *codes)})
+    _check_codes_unique(out)
+    return out
+
+
+def _calcium_adjustment(
+    raw: Any, analytes: dict[str, Analyte], sources: dict[str, Source]
+) -> CalciumAdjustment:
+    where = "derived adjusted-calcium"
+    for key in ("adjusted", "total", "albumin"):
+        if raw.get(key) not in analytes:
+            raise ReferenceDataError(f"{where}: {key} {raw.get(key)!r} is not an analyte")
+    if raw.get("source") not in sources:
+        raise ReferenceDataError(f"{where}: unknown source {raw.get('source')!r}")
+    adjusted, albumin = analytes[raw["adjusted"]], analytes[raw["albumin"]]
+    f = raw["factor"]
+    try:
+        per_albumin = factor(str(f["per"]), albumin.unit)  # g/L of albumin in albumin's unit
+        value = float(f["value"]) * factor(str(f["unit"]), adjusted.unit, adjusted.chemistry) / per_albumin
+        ref = raw["reference_albumin"]
+        reference_albumin = float(ref["value"]) * factor(str(ref["unit"]), albumin.unit)
+    except (UnitError, KeyError, TypeError, ValueError) as exc:
+        raise ReferenceDataError(f"{where}: {exc}") from exc
+    return CalciumAdjustment(
+        raw["adjusted"], raw["total"], raw["albumin"], value, reference_albumin,
+        int(raw["max_days_apart"]), str(raw["label"]), str(raw["source"]),
+    )  # fmt: skip
+
+
+def load_reference(folder: Path, local_lab_codes: Path | None = None) -> ReferenceData:
+    """Load and cross-check every reference table in `folder` (and a deployment's local lab codes)."""
     questionnaire = _questionnaire(_read(folder, "questionnaire.yaml"))
-    analytes = {k: _analyte(k, v) for k, v in _read(folder, "labs.yaml").items()}
+    codes = _read(folder, "lab-codes.yaml")
+    code_sources = set(_read(folder, "lab-code-sources.yaml"))
+    raw_labs = _read(folder, "labs.yaml")
+    if set(codes) != set(raw_labs):
+        raise ReferenceDataError(
+            f"lab-codes.yaml and labs.yaml name different analytes: {sorted(set(codes) ^ set(raw_labs))}"
+        )
+    analytes = {k: _analyte(k, {**v, **codes[k]}, code_sources) for k, v in raw_labs.items()}
+    _check_codes_unique(analytes)
+    if local_lab_codes is not None:
+        analytes = load_local_lab_codes(local_lab_codes, analytes)
     orderables: dict[str, Orderable] = {}
     for order_id, raw in _read(folder, "orders.yaml").items():
         covered = tuple(raw.get("covered_by_results", ()))
@@ -234,4 +488,11 @@ def load_reference(folder: Path) -> ReferenceData:
         sid: Source(sid, raw["label"], raw.get("url"), raw.get("file"))
         for sid, raw in _read(folder, "sources.yaml").items()
     }
-    return ReferenceData(questionnaire, analytes, orderables, findings, sources)
+    adjustment = _calcium_adjustment(_read(folder, "derived.yaml")["adjusted-calcium"], analytes, sources)
+    for analyte in analytes.values():
+        for grade in analyte.grades:
+            if grade.source not in sources:
+                raise ReferenceDataError(
+                    f"labs {analyte.id} grade {grade.id}: unknown source {grade.source!r}"
+                )
+    return ReferenceData(questionnaire, analytes, orderables, findings, sources, adjustment)

@@ -159,7 +159,7 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
     missing = [s for s in sources if s not in reference.sources]
     if missing:
         raise RuleSetError(f"{where}: unknown sources {missing}")
-    analytes = list(reference.analytes)
+    analytes = reference.analytes
     stale_raw = raw.get("stale")
     if stale_raw is not None:
         if not isinstance(stale_raw, dict) or set(stale_raw) - {"indicator", "summary", "advice"}:

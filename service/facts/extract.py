@@ -7,20 +7,18 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
-from service.engine.reference import LOINC, Analyte, Questionnaire, ReferenceData
+from service.engine.reference import LOINC, Questionnaire, ReferenceData
 from service.errors import Issue
+from service.facts.labs import LAB_STATUSES, LabReader, Unusable, effective_date
 from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
 from service.fhir.dates import fhir_date
 from service.fhir.intake import SLEEP_DURATION_LOINC, Intake
 
-LAB_STATUSES = frozenset({"final", "amended", "corrected"})
 RESPONSE_STATUSES = frozenset({"completed", "amended", "in-progress"})
 ACTIVE_ORDER_STATUSES = frozenset({"draft", "active", "on-hold"})
 INACTIVE_CONDITION = frozenset({"inactive", "remission", "resolved"})
 UNCONFIRMED = frozenset({"refuted", "entered-in-error"})
 OBS_FINDING_STATUSES = frozenset({"preliminary", "final", "amended", "corrected"})
-INTERPRETATION_LOW = frozenset({"L", "LL", "LU"})
-INTERPRETATION_HIGH = frozenset({"H", "HH", "HU"})
 BODY_REGIONS = {
     "thigh": "leg", "calf": "leg", "foot": "leg",
     "arm": "arm", "hand": "arm",
@@ -80,7 +78,8 @@ class FactExtractor:
         self.reference = reference
         self.questionnaire: Questionnaire = reference.questionnaire
         self.questionnaire_url = questionnaire_url
-        self.analytes = reference.analyte_by_loinc()
+        self.labs = LabReader(reference)
+        self.sleep_codes = {(LOINC, SLEEP_DURATION_LOINC)}
         self.finding_facts: dict[tuple[str, str], str] = {
             c.key(): fact for fact, codes in reference.findings.items() for c in codes
         }
@@ -226,119 +225,80 @@ class FactExtractor:
     # -- labs --------------------------------------------------------------------------------
     @staticmethod
     def _effective(obs: Any) -> date | None:
-        period_end = obs.effectivePeriod.end or obs.effectivePeriod.start if obs.effectivePeriod else None
-        return fhir_date(obs.effectiveDateTime or obs.effectiveInstant or period_end or obs.issued)
-
-    def _convert(self, analyte: Analyte, value: float, unit: str | None) -> float | None:
-        if unit is None:
-            return None
-        factor = analyte.unit_factors.get(unit)
-        return None if factor is None else value * factor
-
-    def _status(self, obs: Any, analyte: Analyte, value: float, sex: str | None) -> tuple[str, str]:
-        unit = analyte.unit
-        interp = {c for _, c in (k for concept in obs.interpretation or () for k in _codes(concept))}
-        ranges = obs.referenceRange or ()
-        low = high = None
-        whose = ""
-        if ranges:
-            rr = ranges[0]
-            low = self._range_bound(analyte, rr.low)
-            high = self._range_bound(analyte, rr.high)
-            whose = "record's range"
-        if low is None and high is None:
-            default = analyte.default_range(sex)
-            if default is not None:
-                low, high = default.low, default.high
-                whose = analyte.range_source
-        bounds = (
-            f"{_fmt_number(low) if low is not None else ''}–{_fmt_number(high) if high is not None else ''}"
-        )
-        range_text = f"{bounds} {unit}, {whose}" if whose else "no range"
-        if interp & INTERPRETATION_LOW:
-            return "low", f"{range_text}; flagged low by the lab"
-        if interp & INTERPRETATION_HIGH:
-            return "high", f"{range_text}; flagged high by the lab"
-        if interp & {"N"}:
-            return "normal", f"{range_text}; flagged normal by the lab"
-        if low is not None and value < low:
-            return "low", range_text
-        if high is not None and value > high:
-            return "high", range_text
-        if low is None and high is None:
-            return "unknown", range_text
-        return "normal", range_text
-
-    def _range_bound(self, analyte: Analyte, quantity: Any) -> float | None:
-        if quantity is None or quantity.value is None:
-            return None
-        unit = quantity.code or quantity.unit or analyte.unit
-        return self._convert(analyte, float(quantity.value), unit)
+        return effective_date(obs)
 
     def usable_lab(self, obs: Any) -> bool:
         """True for a result _read_labs judges: final, with a value, in a unit converted here."""
-        loinc = next((c for s, c in _codes(obs.code) if s == LOINC), None)
-        analyte = self.analytes.get(loinc) if loinc else None
-        quantity = obs.valueQuantity
-        if analyte is None or obs.status not in LAB_STATUSES or quantity is None or quantity.value is None:
-            return False
-        return self._convert(analyte, float(quantity.value), quantity.code or quantity.unit) is not None
+        return self.labs.usable(obs)
 
     def _read_labs(self, intake: Intake, facts: PatientFacts, builder: FactBuilder, sex: str | None) -> None:
-        latest: dict[str, tuple[date | None, LabResult]] = {}
+        latest: dict[str, LabResult] = {}
+        unusable: list[Unusable] = []
         for obs, path in intake.observations:
-            loinc = next((c for s, c in _codes(obs.code) if s == LOINC), None)
-            if loinc == SLEEP_DURATION_LOINC:
+            if self._is_sleep(obs):
                 self._read_sleep(obs, builder)
                 continue
-            analyte = self.analytes.get(loinc) if loinc else None
-            if analyte is None or obs.status not in LAB_STATUSES:
-                continue  # entered-in-error, cancelled and preliminary results are not used
-            quantity = obs.valueQuantity
-            if quantity is None or quantity.value is None:
-                continue  # e.g. dataAbsentReason: no value to judge
-            unit = quantity.code or quantity.unit
-            value = self._convert(analyte, float(quantity.value), unit)
-            if value is None:
-                facts.problems.append(
-                    Issue(
-                        f"{analyte.display}: unit {unit!r} is not one this service converts"
-                        f" (accepted UCUM: {sorted(analyte.unit_factors)}); result not used",
-                        f"{path}.valueQuantity",
-                        severity="warning",
-                        code="code-invalid",
-                    )
-                )
+            read = self.labs.read(obs, path, sex, facts.today)
+            if read is None and self.labs.analyte(obs) is None and not self._is_finding(obs):
+                read = self.labs.lookalike(obs, path)
+            if isinstance(read, Unusable):
+                unusable.append(read)
                 continue
-            when = self._effective(obs)
-            status, range_text = self._status(obs, analyte, value, sex)
-            if status == "unknown":
+            if read is None:
+                continue
+            previous = latest.get(read.analyte)
+            if previous is None or (read.effective or date.min) > (previous.effective or date.min):
+                latest[read.analyte] = read
+        self._adjust_calcium(latest, facts.today)
+        for result in latest.values():
+            if result.note is not None:
+                facts.problems.append(result.note)
+            elif result.status == "unknown" and self.reference.analytes[result.analyte].judged:
                 facts.problems.append(
                     Issue(
-                        f"{analyte.display}: no reference range to judge the result against",
-                        f"{path}.referenceRange",
+                        f"{result.display}: no reference range or flag to judge {result.shown_value}"
+                        f" against ({result.source})",
+                        None,
                         severity="warning",
                         code="incomplete",
                     )
                 )
-            current = when is not None and (facts.today - when).days <= analyte.lookback_days
-            result = LabResult(
-                analyte=analyte.id,
-                display=analyte.display,
-                value=value,
-                unit=analyte.unit,
-                shown_value=f"{_fmt_number(round(float(quantity.value), 2))} {quantity.unit or unit}",
-                effective=when,
-                status=status,
-                range_text=range_text,
-                current=current,
-                lookback_days=analyte.lookback_days,
-                source=_ref(obs),
-            )
-            previous = latest.get(analyte.id)
-            if previous is None or (when or date.min) > (previous[0] or date.min):
-                latest[analyte.id] = (when, result)
-        facts.labs = {k: v for k, (_, v) in latest.items()}
+        # A result that cannot be used matters unless a usable one of the same analyte is newer.
+        for item in unusable:
+            newest = latest.get(item.analyte)
+            if (
+                newest is None
+                or item.when is None
+                or newest.effective is None
+                or item.when >= newest.effective
+            ):
+                facts.problems.append(item.issue)
+        facts.labs = {k: v for k, v in latest.items() if self.reference.analytes[k].judged}
+        facts.helper_labs = {k: v for k, v in latest.items() if not self.reference.analytes[k].judged}
+
+    def _adjust_calcium(self, latest: dict[str, LabResult], today: date) -> None:
+        """Estimate albumin-adjusted calcium from total calcium and albumin when the lab gave none."""
+        rule = self.reference.calcium_adjustment
+        total, albumin = latest.get(rule.total), latest.get(rule.albumin)
+        reported = latest.get(rule.adjusted)
+        if total is None or albumin is None or total.value is None or albumin.value is None:
+            return
+        if reported is not None and (reported.effective or date.min) >= (total.effective or date.min):
+            return  # the laboratory's own adjusted calcium is as new: prefer it
+        if total.effective is None or albumin.effective is None:
+            return
+        if abs((total.effective - albumin.effective).days) > rule.max_days_apart:
+            return
+        estimate = self.labs.adjusted_calcium(total, albumin, rule, today)
+        if estimate is not None:
+            latest[rule.adjusted] = estimate
+
+    def _is_sleep(self, obs: Any) -> bool:
+        return any(key in self.sleep_codes for key in _codes(obs.code))
+
+    def _is_finding(self, obs: Any) -> bool:
+        keys = [*_codes(obs.code), *_codes(obs.valueCodeableConcept)]
+        return any(key in self.finding_facts for key in keys)
 
     def _read_sleep(self, obs: Any, builder: FactBuilder) -> None:
         quantity = obs.valueQuantity

@@ -50,23 +50,41 @@ class LabResult:
 
     analyte: str
     display: str
-    value: float
+    value: float | None  # canonical unit; None when only the lab's own flag or range could judge it
     unit: str
     shown_value: str  # as recorded, with its own unit
     effective: date | None
-    status: str  # "low", "high", "normal" or "unknown"
-    range_text: str  # the range the status was judged against, and whose it is
+    status: str  # "low", "high", "abnormal", "normal" or "unknown"
+    range_text: str  # the range the status was judged against (in the recorded unit), and whose
     current: bool  # inside the analyte's look-back
     lookback_days: int
     source: str
+    code: str = ""  # the code that was read, e.g. "LOINC 2823-3"
+    grades: tuple[str, ...] = ()  # thresholds past the range that it reaches, e.g. "severe-high"
+    grade_labels: tuple[str, ...] = ()
+    converted: str = ""  # the value in the canonical unit, when the record used another
+    estimated: str = ""  # how a derived result was computed (e.g. adjusted calcium)
+    note: Issue | None = None  # why it was judged only in part (also on the data card)
 
     def evidence(self) -> Evidence:
-        """The result as card evidence: value, unit, date, range and freshness."""
-        flag = {"low": "low", "high": "high", "normal": "in range"}.get(self.status, "not judged")
-        age = "" if self.current else f"; stale: older than {self.lookback_days} days"
+        """The result as card evidence: value, flag, range, grade, freshness and the code read."""
+        flag = {"low": "low", "high": "high", "abnormal": "abnormal", "normal": "in range"}.get(
+            self.status, "not judged"
+        )
+        judged_by = self.range_text
+        parts = [flag, judged_by if judged_by.startswith(("flagged", "no range")) else f"range {judged_by}"]
+        parts += list(self.grade_labels)
+        if self.converted:
+            parts.append(f"= {self.converted}")
+        if self.estimated:
+            parts.append(self.estimated)
+        if not self.current:
+            parts.append(f"stale: older than {self.lookback_days} days")
+        if self.code:
+            parts.append(self.code)
         return Evidence(
             label=self.display,
-            value=f"{self.shown_value} ({flag}; range {self.range_text}{age})",
+            value=f"{self.shown_value} ({'; '.join(parts)})",
             source=self.source,
             when=self.effective.isoformat() if self.effective else "date unknown",
             stale=not self.current,
@@ -91,6 +109,7 @@ class PatientFacts:
     today: date
     facts: dict[str, Fact] = field(default_factory=dict)
     labs: dict[str, LabResult] = field(default_factory=dict)
+    helper_labs: dict[str, LabResult] = field(default_factory=dict)  # read only to derive others
     orders: list[ExistingOrder] = field(default_factory=list)
     problems: list[Issue] = field(default_factory=list)  # data that could not be used, with paths
     notes: list[str] = field(default_factory=list)  # e.g. OperationOutcome warnings from prefetch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -91,9 +92,18 @@ class Selector:
     """Decides from raw JSON alone whether the rules read a resource (cheap: no model built)."""
 
     def __init__(self, reference: ReferenceData) -> None:
-        self.lab_codes = frozenset(reference.analyte_by_loinc()) | {SLEEP_DURATION_LOINC}
+        by_code = reference.analyte_by_code()
+        self.analyte_of = {key: analyte.id for key, analyte in by_code.items()}
+        self.lab_codes = (
+            frozenset(by_code)
+            | frozenset(reference.analyte_by_other_specimen())
+            | {(LOINC, SLEEP_DURATION_LOINC)}
+        )
         self.finding_codes = frozenset(c.key() for codes in reference.findings.values() for c in codes)
-        self.analyte_of = {loinc: analyte.id for loinc, analyte in reference.analyte_by_loinc().items()}
+        names = sorted({n for a in reference.analytes.values() for n in a.names}, key=len, reverse=True)
+        # An Observation whose code is unknown but whose display or text names an analyte is read
+        # too, so the data card can say why it was not used (never silently dropped).
+        self.names = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
 
     @staticmethod
     def _codes(concept: Any) -> list[tuple[str, str]]:
@@ -106,24 +116,36 @@ class Selector:
 
     def _lab_group(self, resource: dict[str, Any], codes: list[tuple[str, str]]) -> tuple[str, str] | None:
         """(analyte id, subject) of an Observation the rules read only as a lab result, else None."""
-        # The extractor judges an Observation by its first LOINC coding (with system and code set);
-        # anything also carrying a finding code, or a sleep duration, is read differently: None.
+        # The extractor judges an Observation by its first coding that names an analyte (any
+        # system); anything also carrying a finding code, or a sleep duration, is read differently.
         analyte = None
-        for system, code in codes:
-            if system == LOINC and code not in ("", "None"):
-                analyte = self.analyte_of.get(code)
+        for key in codes:
+            analyte = self.analyte_of.get(key)
+            if analyte is not None:
                 break
         if analyte is None:
             return None
         findings = self.finding_codes
         for key in codes:
-            if key in findings:
+            if key in findings or key == (LOINC, SLEEP_DURATION_LOINC):
                 return None
         for key in self._codes(resource.get("valueCodeableConcept")):
             if key in findings:
                 return None
         subject = resource.get("subject")
         return analyte, scalar_text(subject.get("reference") if isinstance(subject, dict) else subject)
+
+    def _names_analyte(self, concept: Any) -> bool:
+        if not isinstance(concept, dict):
+            return False
+        text = concept.get("text")
+        if isinstance(text, str) and self.names.search(text):
+            return True
+        for coding in concept.get("coding") or ():
+            display = coding.get("display") if isinstance(coding, dict) else None
+            if isinstance(display, str) and self.names.search(display):
+                return True
+        return False
 
     def select(self, resource: dict[str, Any]) -> tuple[bool, tuple[str, str] | None]:
         """Whether the rules read a resource, and its lab group (see _lab_group): codes read once."""
@@ -133,15 +155,16 @@ class Selector:
             return True, None
         findings = self.finding_codes
         if kind == "Observation":
-            codes = self._codes(resource.get("code"))
+            code = resource.get("code")
+            codes = self._codes(code)
             labs = self.lab_codes
             for key in codes:
-                if (key[0] == LOINC and key[1] in labs) or key in findings:
+                if key in labs or key in findings:
                     return True, self._lab_group(resource, codes)
             for key in self._codes(resource.get("valueCodeableConcept")):
                 if key in findings:
                     return True, self._lab_group(resource, codes)
-            return False, None
+            return self._names_analyte(code), None
         if kind == "Condition":
             for key in self._codes(resource.get("code")):
                 if key in findings:
