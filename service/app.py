@@ -31,7 +31,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(load_config(config))
     configure_logging(app.config["LOG_LEVEL"])  # JSON lines with the request id
-    ruleset = load_ruleset(Path(app.config["RULES_DIR"]))  # RuleSetError: refuse to start
+    lab_map = app.config.get("LAB_CODE_MAP")
+    # RuleSetError: a flawed rule set, reference table or local lab-code map refuses to start.
+    ruleset = load_ruleset(Path(app.config["RULES_DIR"]), Path(lab_map) if lab_map else None)
     canonical = app.config["CANONICAL_BASE"]
     app.extensions["evaluator"] = Evaluator(
         ruleset,

@@ -12,6 +12,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS: dict[str, tuple[Any, str]] = {
     "MAX_CONTENT_LENGTH": (8 * 1024 * 1024, "Largest request body in bytes; larger gets 413."),
     "RULES_DIR": (str(PROJECT_ROOT / "rules"), "Folder of the rule set and its reference data."),
+    "LAB_CODE_MAP": (
+        "",
+        "A FHIR R4 ConceptMap (JSON file) mapping this deployment's local lab codes to known codes;"
+        " checked at start-up.",
+    ),
     "CANONICAL_BASE": (
         "https://twitch-cds.example.org/fhir",
         "Base of canonical URLs (Questionnaire, local code systems); set it to your own domain.",

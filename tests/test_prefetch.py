@@ -200,3 +200,19 @@ def test_patient_without_id_in_a_bundle(client: FlaskClient) -> None:
     response = client.post("/evaluate", json=bundle)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert card_rules(response.get_json()["cards"]) == [topic("motor-neuron-red-flags")]
+
+
+def test_a_paged_prefetch_search_without_fhir_server_is_said_and_withholds_reassurance(
+    client: FlaskClient,
+) -> None:
+    """A searchset with a next link is one page of many: the data card says so; no reassurance."""
+    bundle = load_json(EXAMPLES / "lab-low-potassium" / "near-miss-at-lower-limit.json")
+    call = bundle_to_hook_request(bundle)
+    call["prefetch"]["observations"]["link"] = [
+        {"relation": "self", "url": "https://ehr.example.org/fhir/Observation?patient=p&_count=1"},
+        {"relation": "next", "url": "https://ehr.example.org/fhir/Observation?patient=p&_page=2"},
+    ]
+    cards = client.post("/cds-services/twitching-red-flags", json=call).get_json()["cards"]
+    assert card_rules(cards) == ["dataquality"]
+    assert "prefetch.observations" in cards[0]["detail"]
+    assert "first page of a longer search" in cards[0]["detail"]

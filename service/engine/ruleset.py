@@ -227,10 +227,10 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
     )
 
 
-def load_ruleset(rules_dir: Path) -> RuleSet:
+def load_ruleset(rules_dir: Path, local_lab_codes: Path | None = None) -> RuleSet:
     """Load rules/reference and rules/set; raise RuleSetError with a clear message on any flaw."""
     try:
-        reference = load_reference(rules_dir / "reference")
+        reference = load_reference(rules_dir / "reference", local_lab_codes)
     except (ValueError, KeyError, TypeError) as exc:
         raise RuleSetError(f"reference data: {exc}") from exc
     registry = fact_registry(reference)

@@ -204,7 +204,7 @@ class LabReader:
                 1.0,
                 status,
                 range_text,
-                (),
+                tuple(INTERPRETATION_CRITICAL[c] for c in sorted(interp) if c in INTERPRETATION_CRITICAL),
                 today,
                 when,
                 issue.issue,
