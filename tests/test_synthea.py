@@ -88,7 +88,7 @@ def test_record_with_red_flag_assessment(client: FlaskClient, name: str) -> None
         ("Hunter_Herman", "6298-4", 2.9, "lab-low-potassium"),
         ("Angelic_Mueller", "6298-4", 3.0, "lab-low-potassium"),
         ("Angelic_Mueller", "2947-0", 128.0, "lab-low-sodium"),
-        ("Angelic_Mueller", "49765-1", 7.6, "lab-low-calcium"),
+        ("Angelic_Mueller", "49765-1", 8.0, "lab-low-calcium"),  # below 7.6 mg/dL is critical
     ],
 )
 def test_edited_blood_lab_fires_its_card(

@@ -175,6 +175,8 @@ class LabReader:
             if obs.dataAbsentReason is not None:
                 reason = obs.dataAbsentReason.text or ", ".join(c for _, c in _codes(obs.dataAbsentReason))
                 return unusable(f"no value (dataAbsentReason: {reason[:60]})", f"{path}.dataAbsentReason")
+            if obs.component:
+                return unusable("its values are in components, which are not read", f"{path}.component")
             return unusable("no numeric value", f"{path}.valueQuantity")
         raw_value = float(quantity.value)
         spelled = quantity.code or quantity.unit or ""
