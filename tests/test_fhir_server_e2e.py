@@ -283,7 +283,9 @@ def test_every_example_gives_the_same_cards(examples: Medplum, client: FlaskClie
     for name, patient in examples.patients.items():
         expected = signature(_cards(client, _with_prefetch(patient)))
         fetched = signature(_cards(fetching, _server_only(patient, examples.base)))
-        declared = yaml.safe_load((EXAMPLES / name).with_suffix(".expect.yaml").read_text()).get("when_fetched")
+        declared = yaml.safe_load((EXAMPLES / name).with_suffix(".expect.yaml").read_text()).get(
+            "when_fetched"
+        )
         if declared is not None:
             # The example says why a fetch sees less than its prefetch, and what the fetch then gives.
             assert [topic(r) for r in declared["cards"]] == [t for t, _, _ in fetched], name
@@ -395,7 +397,12 @@ def test_a_paged_prefetch_is_read_whole_from_the_server(examples: Medplum, clien
         "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
         "subject": {"reference": f"Patient/{patient.id}"},
         "effectiveDateTime": "2026-11-21",
-        "valueQuantity": {"value": 2.3, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+        "valueQuantity": {
+            "value": 2.3,
+            "unit": "mmol/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "mmol/L",
+        },
     }
     examples.put(newest)
     try:

@@ -66,7 +66,9 @@ OTHER_CODES = [(a.id, c) for a in REFERENCE.analytes.values() for c in a.other_s
 def test_every_code_is_read_as_its_analyte(analyte: str, lab_code: Any) -> None:
     """Each code in lab-codes.yaml: read as its analyte, the card names the code that was read."""
     unit = REFERENCE.analytes[analyte].unit
-    result = READER.read(observation(lab_code.system, lab_code.code, _typical(analyte), unit), "o", None, TODAY)
+    result = READER.read(
+        observation(lab_code.system, lab_code.code, _typical(analyte), unit), "o", None, TODAY
+    )
     assert isinstance(result, LabResult), result
     assert result.analyte == analyte
     assert result.code.endswith(lab_code.code)
@@ -106,9 +108,18 @@ def test_a_later_known_coding_is_read() -> None:
     assert result.code == "LOINC 2823-3"
 
 
+ELECTROLYTE_SPELLINGS = ("mmol/L", "mmol/l", "MMOL/L", "mEq/L", "meq/L", "MEQ/L", "meq/l")
+EGFR_SPELLINGS = (
+    "mL/min/{1.73_m2}",
+    "mL/min/1.73 m2",
+    "mL/min/1.73m2",
+    "ML/MIN/1.73M2",
+    "mL/min/1.73 m^2",
+    "mL/min",
+)
 # (analyte, spelling a feed sends, factor to the canonical unit): arithmetic from molar mass and charge.
 SPELLINGS = [
-    *[(a, s, 1.0) for a in ("potassium", "sodium") for s in ("mmol/L", "mmol/l", "MMOL/L", "mEq/L", "meq/L", "MEQ/L", "meq/l")],
+    *[(a, s, 1.0) for a in ("potassium", "sodium") for s in ELECTROLYTE_SPELLINGS],
     *[(a, s, 1.0) for a in ("calcium", "calcium-adjusted") for s in ("mg/dL", "mg/dl", "MG/DL")],
     *[(a, s, 4.008) for a in ("calcium", "calcium-adjusted") for s in ("mmol/L", "mmol/l", "MMOL/L")],
     *[(a, s, 2.004) for a in ("calcium", "calcium-adjusted") for s in ("mEq/L", "MEQ/L")],
@@ -121,7 +132,7 @@ SPELLINGS = [
     *[("glucose", s, 18.0156) for s in ("mmol/L", "mmol/l", "MMOL/L")],
     ("creatinine", "mg/dL", 1.0),
     *[("creatinine", s, 0.011312) for s in ("umol/L", "umol/l", "µmol/L", "μmol/L", "µmol/l", "UMOL/L")],
-    *[("egfr", s, 1.0) for s in ("mL/min/{1.73_m2}", "mL/min/1.73 m2", "mL/min/1.73m2", "ML/MIN/1.73M2", "mL/min/1.73 m^2", "mL/min")],
+    *[("egfr", s, 1.0) for s in EGFR_SPELLINGS],
     *[("tsh", s, 1.0) for s in ("m[IU]/L", "mIU/L", "miu/l", "u[IU]/mL", "uIU/mL", "µIU/mL", "mU/L")],
     ("free-t4", "ng/dL", 1.0),
     *[("free-t4", s, 0.077687) for s in ("pmol/L", "pmol/l")],
@@ -146,16 +157,20 @@ def test_every_accepted_spelling_converts(analyte: str, spelling: str, expected:
 
 @pytest.mark.parametrize(
     ("analyte", "spelling"),
-    [("potassium", "mg"), ("potassium", "mmol per litre"), ("tsh", "U/L"), ("creatinine", "mmol"), ("egfr", "mL")],
+    [
+        ("potassium", "mg"),
+        ("potassium", "mmol per litre"),
+        ("tsh", "U/L"),
+        ("creatinine", "mmol"),
+        ("egfr", "mL"),
+    ],
 )
 def test_spellings_that_do_not_convert_are_refused(analyte: str, spelling: str) -> None:
     """A unit of another dimension, or no UCUM at all, is not guessed at."""
     assert REFERENCE.analytes[analyte].to_canonical(spelling) is None
 
 
-JUDGED = sorted(
-    a.id for a in REFERENCE.analytes.values() if a.judged and a.default_range(None) and a.ranges
-)
+JUDGED = sorted(a.id for a in REFERENCE.analytes.values() if a.judged and a.default_range(None) and a.ranges)
 SPELLINGS_BY_ANALYTE = {a: [s for b, s, _ in SPELLINGS if b == a] for a in JUDGED}
 
 
@@ -179,24 +194,35 @@ def test_a_value_in_any_unit_is_judged_as_its_canonical_conversion(data: st.Data
     code = analyte.codes[0]
     as_sent = READER.read(observation(code.system, code.code, canonical / factor, spelling), "o", sex, TODAY)
     as_canonical = READER.read(observation(code.system, code.code, canonical, analyte.unit), "o", sex, TODAY)
-    assert isinstance(as_sent, LabResult) and isinstance(as_canonical, LabResult)
+    assert isinstance(as_sent, LabResult)
+    assert isinstance(as_canonical, LabResult)
     assert (as_sent.status, as_sent.grades) == (as_canonical.status, as_canonical.grades)
 
 
 def test_the_lab_flag_counts_when_the_unit_cannot_be_converted() -> None:
     """No conversion, but the laboratory said LL: the result is low and critically so, with a note."""
-    flag = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "LL"}]}
-    result = READER.read(observation(LOINC, "2823-3", 2.0, "mmol per litre", interpretation=[flag]), "o", None, TODAY)
+    flag = {
+        "coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "LL"}
+        ]
+    }
+    result = READER.read(
+        observation(LOINC, "2823-3", 2.0, "mmol per litre", interpretation=[flag]), "o", None, TODAY
+    )
     assert isinstance(result, LabResult)
     assert (result.status, result.grades, result.value) == ("low", ("severe-low",), None)
-    assert result.note is not None and "judged by the laboratory's own flag" in result.note.diagnostics
+    assert result.note is not None
+    assert "judged by the laboratory's own flag" in result.note.diagnostics
 
 
 def test_the_record_range_in_its_own_unit_counts_when_the_unit_cannot_be_converted() -> None:
     """No conversion, no flag: a range written in the same unit string still judges the value."""
     rr = [{"low": {"value": 3.5, "unit": "mmol per litre"}, "high": {"value": 5.0, "unit": "mmol per litre"}}]
-    result = READER.read(observation(LOINC, "2823-3", 5.9, "mmol per litre", referenceRange=rr), "o", None, TODAY)
-    assert isinstance(result, LabResult) and result.status == "high"
+    result = READER.read(
+        observation(LOINC, "2823-3", 5.9, "mmol per litre", referenceRange=rr), "o", None, TODAY
+    )
+    assert isinstance(result, LabResult)
+    assert result.status == "high"
 
 
 def test_range_is_shown_in_the_unit_the_lab_sent() -> None:
@@ -225,8 +251,16 @@ def _edit_yaml(path: Path, change: Any) -> None:
 @pytest.mark.parametrize(
     ("file", "change", "message"),
     [
-        ("lab-codes.yaml", lambda d: d["potassium"]["codes"][0].pop("source"), "needs a display and a source"),
-        ("lab-codes.yaml", lambda d: d["sodium"]["codes"].append(d["potassium"]["codes"][0]), "is claimed by"),
+        (
+            "lab-codes.yaml",
+            lambda d: d["potassium"]["codes"][0].pop("source"),
+            "needs a display and a source",
+        ),
+        (
+            "lab-codes.yaml",
+            lambda d: d["sodium"]["codes"].append(d["potassium"]["codes"][0]),
+            "is claimed by",
+        ),
         ("lab-codes.yaml", lambda d: d["potassium"]["codes"][0].update(source="a friend"), "names no URL"),
         ("lab-codes.yaml", lambda d: d.pop("ferritin"), "name different analytes"),
         ("labs.yaml", lambda d: d["potassium"].update(unit="millimoles"), "canonical unit"),
@@ -237,7 +271,9 @@ def _edit_yaml(path: Path, change: Any) -> None:
         ("derived.yaml", lambda d: d["adjusted-calcium"].update(albumin="albumen"), "not an analyte"),
     ],
 )
-def test_flawed_lab_reference_data_refuses_to_start(tmp_path: Path, file: str, change: Any, message: str) -> None:
+def test_flawed_lab_reference_data_refuses_to_start(
+    tmp_path: Path, file: str, change: Any, message: str
+) -> None:
     """Each mistake in the lab tables stops start-up with a message naming it."""
     rules = _rules_copy(tmp_path)
     _edit_yaml(rules / "reference" / file, change)
@@ -248,7 +284,9 @@ def test_flawed_lab_reference_data_refuses_to_start(tmp_path: Path, file: str, c
 def test_a_rule_naming_an_unknown_grade_refuses_to_start(tmp_path: Path) -> None:
     """`is: severe-high` on an analyte without that grade is a rule-set error, not a silent false."""
     rules = _rules_copy(tmp_path)
-    _edit_yaml(rules / "set" / "lab-low-vitamin-d.yaml", lambda d: d["when"]["all"][1].update({"is": "marked-high"}))
+    _edit_yaml(
+        rules / "set" / "lab-low-vitamin-d.yaml", lambda d: d["when"]["all"][1].update({"is": "marked-high"})
+    )
     with pytest.raises(RuleSetError, match="'is' must be one of"):
         load_ruleset(rules)
 
@@ -280,12 +318,14 @@ def _concept_map(target_code: str) -> dict[str, Any]:
 
 
 def _bundle_with_local_potassium(value: float) -> dict[str, Any]:
-    example = json.loads((ROOT / "fhir_examples/likely-benign/near-miss-unrecognised-potassium-code.json").read_text())
+    example = json.loads(
+        (ROOT / "fhir_examples/likely-benign/near-miss-unrecognised-potassium-code.json").read_text()
+    )
     for entry in example["entry"]:
         resource = entry["resource"]
         if resource["resourceType"] == "Observation":
             resource["valueQuantity"]["value"] = value
-    return example
+    return dict(example)
 
 
 def test_a_local_code_mapped_by_concept_map_is_read(tmp_path: Path) -> None:
@@ -298,16 +338,22 @@ def test_a_local_code_mapped_by_concept_map_is_read(tmp_path: Path) -> None:
     assert cards[0]["indicator"] == "critical"
     assert "KPOT" in cards[0]["detail"]
     hook = bundle_to_hook_request(_bundle_with_local_potassium(6.9))
-    assert app.test_client().post("/cds-services/twitching-red-flags", json=hook).get_json()["cards"][0][
-        "indicator"
-    ] == "critical"
+    assert (
+        app.test_client()
+        .post("/cds-services/twitching-red-flags", json=hook)
+        .get_json()["cards"][0]["indicator"]
+        == "critical"
+    )
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         (json.dumps(_concept_map("9999-9")), "not a result code of any analyte"),
-        (json.dumps({**_concept_map("2823-3"), "resourceType": "ValueSet"}), "not a valid FHIR R4 ConceptMap"),
+        (
+            json.dumps({**_concept_map("2823-3"), "resourceType": "ValueSet"}),
+            "not a valid FHIR R4 ConceptMap",
+        ),
         ("{", "not a valid FHIR R4 ConceptMap"),
     ],
 )
