@@ -5,12 +5,15 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint docs bench clean system-deps
+.PHONY: run test lint docs bench clean system-deps lock image-deps image-test
 
-$(BIN)/activate: pyproject.toml
+# Exactly the locked versions (requirements-dev.txt: runtime + dev, every file hashed), then the
+# project itself without resolving anything; pip check fails when pyproject.toml has outgrown the lock.
+$(BIN)/activate: pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check || { echo "requirements-dev.txt does not satisfy pyproject.toml: run make lock"; exit 1; }
 	touch $(BIN)/activate
 
 run: $(BIN)/activate ## set up (once) and serve on embedded defaults
@@ -43,3 +46,13 @@ clean:
 bench: $(BIN)/activate ## latency benchmark, production config on loopback (needs wrk and Redis)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/run.py
+
+# Re-resolve both lock files from pyproject.toml with pip-tools: the newest versions its ranges
+# allow, every file's hash. The image's requirements.txt (runtime only) is constrained to the same
+# versions as requirements-dev.txt. `make lock UPGRADE=` keeps current pins and only adds what changed.
+UPGRADE ?= --upgrade
+PIP_COMPILE = $(BIN)/pip-compile --quiet $(UPGRADE) --generate-hashes --allow-unsafe --strip-extras \
+	--all-build-deps --no-emit-index-url --no-emit-find-links
+lock: | $(BIN)/activate ## upgrade the pinned, hashed dependencies (requirements.txt, requirements-dev.txt)
+	$(PIP_COMPILE) --extra dev -o requirements-dev.txt pyproject.toml
+	$(PIP_COMPILE) -c requirements-dev.txt -o requirements.txt pyproject.toml
