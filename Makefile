@@ -47,12 +47,18 @@ bench: $(BIN)/activate ## latency benchmark, production config on loopback (need
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/run.py
 
-# Re-resolve both lock files from pyproject.toml with pip-tools: the newest versions its ranges
-# allow, every file's hash. The image's requirements.txt (runtime only) is constrained to the same
-# versions as requirements-dev.txt. `make lock UPGRADE=` keeps current pins and only adds what changed.
+# Re-resolve both lock files from pyproject.toml with uv: the newest versions its ranges allow, for
+# every Python >= 3.11 and platform (markers kept: Debian's own 3.11.2 needs async-timeout, 3.11.7
+# does not), every file's hash, and the setuptools build backend. The image's requirements.txt
+# (runtime only) is constrained to requirements-dev.txt's versions. `make lock UPGRADE=` keeps the
+# current pins and only adds or drops what pyproject.toml changed.
 UPGRADE ?= --upgrade
-PIP_COMPILE = $(BIN)/pip-compile --quiet $(UPGRADE) --generate-hashes --allow-unsafe --strip-extras \
-	--all-build-deps --no-emit-index-url --no-emit-find-links
-lock: | $(BIN)/activate ## upgrade the pinned, hashed dependencies (requirements.txt, requirements-dev.txt)
-	$(PIP_COMPILE) --extra dev -o requirements-dev.txt pyproject.toml
-	$(PIP_COMPILE) -c requirements-dev.txt -o requirements.txt pyproject.toml
+UV_COMPILE = $(BIN)/uv pip compile --quiet $(UPGRADE) --system-certs --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command 'make lock'
+BUILD_REQUIRES = $(BIN)/python -c "import tomllib; \
+	print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')"
+lock: ## upgrade the pinned, hashed dependencies (requirements.txt, requirements-dev.txt)
+	@# uv comes from the lock itself; a venv whose pip check failed (the lock is stale) still has it.
+	@test -x $(BIN)/uv || $(MAKE) --no-print-directory $(BIN)/activate || test -x $(BIN)/uv
+	$(BUILD_REQUIRES) | $(UV_COMPILE) --extra dev -o requirements-dev.txt pyproject.toml -
+	$(BUILD_REQUIRES) | $(UV_COMPILE) -c requirements-dev.txt -o requirements.txt pyproject.toml -
