@@ -264,6 +264,8 @@ def _start_pod(engine: Engine, image: str, cpus: str | None = None) -> Pod:
     # The ConfigMap's issuer is the hospital's Epic: a loopback key server stands in for its JWKS.
     key = rsa_key("epic-image-test", with_alg=False)
     keys = KeyServer()
+    name = f"twitch-cds-image-test-{uuid.uuid4().hex[:8]}"
+    _CLEANUP.append((name, keys, schema))  # removed by the pod fixture, however this start ends
     issuer = json.loads(env["TWITCH_CDS_ISSUERS"])[0]
     jku = keys.publish("/jwks", key.jwk)
     env["TWITCH_CDS_ISSUERS"] = json.dumps([{**issuer, "jku": [jku]}])
@@ -273,7 +275,6 @@ def _start_pod(engine: Engine, image: str, cpus: str | None = None) -> Pod:
     # Loopback only: the host network is shared, so the pod's 0.0.0.0:8080 becomes 127.0.0.1:<free>.
     env["TWITCH_CDS_BIND"] = f"127.0.0.1:{port}"
     env.update({e["name"]: e["value"] for e in container["env"]})
-    name = f"twitch-cds-image-test-{uuid.uuid4().hex[:8]}"
     security = pod["securityContext"]
     command = ["run", "--detach", "--name", name, "--network", "host"]
     command += ["--user", f"{security['runAsUser']}:{security['runAsGroup']}"]
@@ -316,14 +317,12 @@ def _start_pod(engine: Engine, image: str, cpus: str | None = None) -> Pod:
         pytest.fail(f"not ready within the startup probe's budget: {engine.run('logs', name).stderr[-4000:]}")
     ready = time.monotonic() - started
     audience = env["TWITCH_CDS_PUBLIC_BASE_URL"]
-    pod_handle = Pod(
+    return Pod(
         engine, name, base, container, ready, key, jku, audience, str(limits["limits"]["cpu"]), started
     )
-    _CLEANUP.append((pod_handle, keys, schema))
-    return pod_handle
 
 
-_CLEANUP: list[tuple[Pod, KeyServer, str]] = []
+_CLEANUP: list[tuple[str, KeyServer, str]] = []
 
 
 @pytest.fixture(scope="module")
@@ -347,8 +346,8 @@ def pod(engine: Engine, image: str) -> Iterator[Pod]:
 
 def _clean_up(engine: Engine) -> None:
     while _CLEANUP:
-        handle, keys, schema = _CLEANUP.pop()
-        engine.run("rm", "--force", handle.name, check=False)
+        name, keys, schema = _CLEANUP.pop()
+        engine.run("rm", "--force", name, check=False)
         keys.close()
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
