@@ -2,11 +2,15 @@
 # Stage 1 builds the virtualenv (pip, wheels, caches stay behind); stage 2 is the runtime only.
 FROM python:3.11-slim AS build
 WORKDIR /src
+# The locked runtime versions, every file checked against its hash (make lock), then the project
+# itself without resolving anything; pip check fails when pyproject.toml has outgrown the lock.
+COPY requirements.txt ./
+RUN python -m venv /venv \
+    && /venv/bin/pip install --no-cache-dir --require-hashes -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN python -m venv /venv \
-    && /venv/bin/pip install --no-cache-dir --upgrade pip \
-    && /venv/bin/pip install --no-cache-dir . \
+RUN /venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /venv/bin/pip check \
     && find /venv -name '__pycache__' -prune -exec rm -rf {} + \
     && /venv/bin/python -m compileall -q /venv/lib
 
@@ -31,7 +35,8 @@ ENV PATH=/venv/bin:$PATH \
 RUN mkdir -p /app/instance && chown cds /app/instance
 USER 10001
 EXPOSE 8080
+# On the port gunicorn binds: TWITCH_CDS_BIND, as set here or at `docker run -e`.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+    CMD ["python", "-m", "service.healthcheck"]
 # The same command line `make run` and tests/test_deploy.py use (the test checks this line).
 CMD ["gunicorn", "-c", "gunicorn.conf.py"]

@@ -9,7 +9,6 @@ gets its directory here, before anything imports prometheus_client.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import shutil
 import tempfile
@@ -17,20 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from service.config import load_config
+from service.cpus import cpu_limit
 
 _settings = load_config()
-
-
-def _cpu_limit() -> int:
-    """CPUs this process may use: the cgroup quota (a container limit) or the affinity mask."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 limit readable: the affinity mask is the limit
-    return cpus
 
 
 # Set before the app (and prometheus_client) is imported by preload: every worker writes its
@@ -38,13 +26,16 @@ def _cpu_limit() -> int:
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="twitch-cds-metrics-")
 _METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+# Made here, not only in on_starting: preload imports the app, and the warm-up writes its samples,
+# before on_starting runs (Kubernetes sets /tmp/metrics on an empty /tmp volume).
+_METRICS_DIR.mkdir(parents=True, exist_ok=True)
 # Warm the validators and rule engine in the master before forking (service/warmup.py).
 os.environ.setdefault("TWITCH_CDS_WARM_UP", "1")
 
 wsgi_app = "service.app:create_app()"
 bind = [str(_settings["BIND"])]
 # The work is CPU-bound (JSON, pydantic, rules): one process per CPU; WORKERS overrides.
-workers = int(_settings["WORKERS"]) or _cpu_limit()
+workers = int(_settings["WORKERS"]) or cpu_limit()  # the cgroup quota, v1 or v2
 # sync workers measured fastest on this CPU-bound path (docs/deploy.md); behind a load balancer
 # that keeps connections open, gthread (THREADS > 1) stops one idle keep-alive from holding a worker.
 threads = int(_settings["THREADS"])

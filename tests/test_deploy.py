@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,13 @@ def test_dockerfile_is_small_non_root_and_checks_health() -> None:
     assert user
     assert user[-1] not in ("root", "0")
     assert "HEALTHCHECK" in text
-    assert "/healthz" in text
-    for needed in ("rules", "openapi.yaml", "gunicorn.conf.py", "fhir_examples"):
+    assert _healthcheck_cmd() == ["python", "-m", "service.healthcheck"]  # GET /healthz on BIND's port
+    assert "--require-hashes -r requirements.txt" in text  # the locked runtime versions
+    for needed in ("rules", "openapi.yaml", "gunicorn.conf.py", "fhir_examples", "requirements.txt"):
         assert needed in text
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert not {"rules", "openapi.yaml", "gunicorn.conf.py", "fhir_examples", "service"} & set(ignored)
+    kept = {"rules", "openapi.yaml", "gunicorn.conf.py", "fhir_examples", "service", "requirements.txt"}
+    assert not kept & set(ignored)
     for variable in re.findall(r"TWITCH_CDS_([A-Z_]+)=", text):
         assert variable in DEFAULTS, f"the Dockerfile sets an unknown setting {variable}"
 
@@ -207,10 +210,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The Dockerfile's CMD (its gunicorn from this virtualenv), two workers, development settings."""
-    work = tmp_path_factory.mktemp("gunicorn")
+@contextmanager
+def _serve(work: Path, **env_overrides: str) -> Iterator[tuple[str, Path]]:
+    """The Dockerfile's CMD (its gunicorn from this virtualenv) on a free loopback port, until ready."""
     port = _free_port()
     command = _dockerfile_cmd()
     command[0] = str(Path(sys.executable).with_name(command[0]))
@@ -223,7 +225,8 @@ def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         "TWITCH_CDS_TODAY": EXAMPLE_DAY,
         "TWITCH_CDS_RATE_LIMIT_PER_MINUTE": "100000",
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py makes its own
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py makes its own unless told
+    env.update(env_overrides)
     with log.open("wb") as out:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
@@ -243,6 +246,55 @@ def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The Dockerfile's CMD, two workers, development settings."""
+    with _serve(tmp_path_factory.mktemp("gunicorn")) as served:
+        yield served
+
+
+def test_starts_with_the_manifests_metrics_dir_on_an_empty_tmp(tmp_path: Path) -> None:
+    """deploy/k8s sets PROMETHEUS_MULTIPROC_DIR=/tmp/metrics on an empty /tmp: it is made before preload."""
+    deployment = next(d for _, d in _manifests() if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    empty_tmp = tmp_path / "tmp"
+    empty_tmp.mkdir()
+    metrics = empty_tmp / Path(env["PROMETHEUS_MULTIPROC_DIR"]).relative_to("/tmp")
+    with _serve(tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics), TWITCH_CDS_WORKERS="1") as (base, _):
+        text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    assert 'route="/readyz"' in text
+    assert list(metrics.glob("*.db"))  # the workers wrote their samples there
+
+
+def _healthcheck_cmd() -> list[str]:
+    """The exec form of the Dockerfile's HEALTHCHECK CMD."""
+    text = (ROOT / "Dockerfile").read_text()
+    found = re.search(r"^HEALTHCHECK [^\n]*\\\n\s*CMD (\[[^\n]*\])$", text, re.M)
+    assert found, "a HEALTHCHECK in exec form"
+    command: list[str] = json.loads(found.group(1))
+    return command
+
+
+def test_healthcheck_follows_the_bind_address(gunicorn: tuple[str, Path]) -> None:
+    """The image's HEALTHCHECK checks the port TWITCH_CDS_BIND names, not a fixed 8080."""
+    base, _ = gunicorn
+    command = _healthcheck_cmd()
+    assert command[0] == "python"
+    command[0] = sys.executable
+    bind = base.removeprefix("http://")
+    healthy = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "TWITCH_CDS_BIND": bind}, capture_output=True, timeout=30
+    )
+    assert healthy.returncode == 0, healthy.stderr
+    # Bound on every address, checked on loopback.
+    wildcard = {**os.environ, "TWITCH_CDS_BIND": "0.0.0.0:" + bind.rsplit(":", 1)[1]}
+    assert subprocess.run(command, cwd=ROOT, env=wildcard, capture_output=True, timeout=30).returncode == 0
+    nothing = {**os.environ, "TWITCH_CDS_BIND": f"127.0.0.1:{_free_port()}"}
+    refused = subprocess.run(command, cwd=ROOT, env=nothing, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    assert "unhealthy" in refused.stderr
 
 
 def _post(url: str, body: bytes) -> int:
