@@ -7,7 +7,7 @@ from typing import Any
 
 from service.engine.reference import LOINC, ReferenceData
 from service.errors import Issue
-from service.fhir.intake import SLEEP_DURATION_LOINC, Located
+from service.fhir.intake import Located
 from service.fhir.raw import scalar_text
 
 # prefetch key -> the resource type it brings; the first three are required to evaluate.
@@ -25,7 +25,8 @@ def prefetch_templates(reference: ReferenceData) -> dict[str, str]:
     """Templates asking for exactly what the rules read."""
     lab_codes = [f"{LOINC}|{code}" for a in reference.analytes.values() for code in a.loinc]
     finding_codes = [f"{c.system}|{c.code}" for codes in reference.findings.values() for c in codes]
-    observation_codes = ",".join([*lab_codes, f"{LOINC}|{SLEEP_DURATION_LOINC}", *finding_codes])
+    measured = [f"{m.code.system}|{m.code.code}" for m in reference.measurements.values()]
+    observation_codes = ",".join([*lab_codes, *measured, *finding_codes])
     return {
         "patient": "Patient/{{context.patientId}}",
         "observations": f"Observation?patient={{{{context.patientId}}}}&code={observation_codes}",

@@ -105,6 +105,26 @@ class Source:
     label: str
     url: str | None = None
     file: str | None = None
+    status: str | None = None  # V (read in the primary source) or V2 (a secondary summary only)
+
+
+@dataclass(frozen=True)
+class BodyArea:
+    """A body-areas answer: the region it lies in, and whether it counts towards spreading."""
+
+    option: str
+    region: str
+    counts_for_spreading: bool
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A coded Observation read as a number-valued fact (e.g. sleep duration in hours)."""
+
+    fact: str
+    code: Coding
+    unit: str  # the question's unit, shown on cards
+    unit_factors: dict[str, float]  # recorded unit -> factor to the fact's unit
 
 
 @dataclass(frozen=True)
@@ -129,6 +149,14 @@ class ReferenceData:
     orderables: dict[str, Orderable]
     findings: dict[str, tuple[Coding, ...]]
     sources: dict[str, Source]
+    finding_labels: dict[str, str]  # label of a coded fact that is not also a question
+    body_areas: dict[str, BodyArea]
+    measurements: dict[str, Measurement]  # keyed by fact
+    override_reasons: tuple[tuple[str, str], ...]  # (code, display)
+
+    def measurement_by_code(self) -> dict[tuple[str, str], Measurement]:
+        """Map each measurement's (system, code) to it."""
+        return {m.code.key(): m for m in self.measurements.values()}
 
     def analyte_by_loinc(self) -> dict[str, Analyte]:
         """Map every recognised LOINC code to its analyte."""
@@ -226,12 +254,100 @@ def load_reference(folder: Path) -> ReferenceData:
             matches=tuple(_coding(m, f"orders {order_id}") for m in raw.get("matches", ())),
             covered_by_results=covered,
         )
-    findings = {
-        fact: tuple(_coding(c, f"findings {fact}") for c in codes)
-        for fact, codes in _read(folder, "findings.yaml").items()
-    }
+    findings: dict[str, tuple[Coding, ...]] = {}
+    finding_labels: dict[str, str] = {}
+    for fact, raw in _read(folder, "findings.yaml").items():
+        if not isinstance(raw, dict) or not raw.get("codes"):
+            raise ReferenceDataError(f"findings {fact}: a mapping with codes (and label) is expected")
+        findings[fact] = tuple(_coding(c, f"findings {fact}") for c in raw["codes"])
+        if raw.get("label"):
+            finding_labels[fact] = str(raw["label"])
     sources = {
-        sid: Source(sid, raw["label"], raw.get("url"), raw.get("file"))
+        sid: Source(sid, raw["label"], raw.get("url"), raw.get("file"), raw.get("status"))
         for sid, raw in _read(folder, "sources.yaml").items()
     }
-    return ReferenceData(questionnaire, analytes, orderables, findings, sources)
+    for sid, source in sources.items():
+        if source.status not in (None, "V", "V2"):
+            raise ReferenceDataError(f"sources {sid}: status {source.status!r} is not V or V2")
+    body_areas = _body_areas(_read(folder, "body-regions.yaml"), questionnaire, sources)
+    measurements = _measurements(_read(folder, "measurements.yaml"), questionnaire)
+    override_reasons = _override_reasons(_read(folder, "override-reasons.yaml"))
+    return ReferenceData(
+        questionnaire,
+        analytes,
+        orderables,
+        findings,
+        sources,
+        finding_labels,
+        body_areas,
+        measurements,
+        override_reasons,
+    )
+
+
+def _body_areas(raw: Any, questionnaire: Questionnaire, sources: dict[str, Source]) -> dict[str, BodyArea]:
+    """body-regions.yaml: exactly one entry per body-areas option, each with a region."""
+    item = questionnaire.items.get("body-areas")
+    if item is None:
+        raise ReferenceDataError("questionnaire: the body-areas item is missing")
+    areas_raw = raw.get("areas") if isinstance(raw, dict) else None
+    if not isinstance(areas_raw, dict):
+        raise ReferenceDataError("body-regions.yaml: an `areas` mapping is expected")
+    cited = [s for s in raw.get("sources", ()) if s not in sources]
+    if cited:
+        raise ReferenceDataError(f"body-regions.yaml: unknown sources {cited}")
+    missing = [o for o in item.options if o not in areas_raw]
+    if missing:
+        raise ReferenceDataError(
+            f"body-regions.yaml: body-areas option(s) {missing} have no region; add each with"
+            " `region` (and `counts_for_spreading` if twitching there is not counted)"
+        )
+    extra = [a for a in areas_raw if a not in item.options]
+    if extra:
+        raise ReferenceDataError(f"body-regions.yaml: {extra} are not body-areas options")
+    areas: dict[str, BodyArea] = {}
+    for option, entry in areas_raw.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("region"), str):
+            raise ReferenceDataError(f"body-regions.yaml {option}: a region is required")
+        counts = entry.get("counts_for_spreading", True)
+        if not isinstance(counts, bool):
+            raise ReferenceDataError(f"body-regions.yaml {option}: counts_for_spreading is true or false")
+        areas[option] = BodyArea(option, entry["region"], counts)
+    return areas
+
+
+def _measurements(raw: Any, questionnaire: Questionnaire) -> dict[str, Measurement]:
+    """measurements.yaml: each names a numeric question whose answer a coded Observation may give."""
+    out: dict[str, Measurement] = {}
+    for fact, entry in (raw or {}).items():
+        item = questionnaire.items.get(fact)
+        if item is None or item.type not in ("integer", "decimal"):
+            raise ReferenceDataError(f"measurements {fact}: not a numeric questionnaire item")
+        code = _coding(entry.get("code"), f"measurements {fact}")
+        if item.code is not None and item.code.key() != code.key():
+            raise ReferenceDataError(
+                f"measurements {fact}: code {code.code} differs from the question's code {item.code.code}"
+            )
+        factors = {str(u): float(f) for u, f in (entry.get("units") or {}).items()}
+        if not factors:
+            raise ReferenceDataError(f"measurements {fact}: units are required")
+        unit = str(entry.get("unit") or "")
+        if not unit:
+            raise ReferenceDataError(f"measurements {fact}: unit is required")
+        out[fact] = Measurement(fact, code, unit, factors)
+    return out
+
+
+def _override_reasons(raw: Any) -> tuple[tuple[str, str], ...]:
+    """override-reasons.yaml: the reasons a clinician may give for dismissing a card."""
+    if not isinstance(raw, list) or not raw:
+        raise ReferenceDataError("override-reasons.yaml: a non-empty list is expected")
+    reasons: list[tuple[str, str]] = []
+    for entry in raw:
+        if not isinstance(entry, dict) or not entry.get("code") or not entry.get("display"):
+            raise ReferenceDataError(f"override-reasons.yaml: {entry!r} needs code and display")
+        reasons.append((str(entry["code"]), str(entry["display"])))
+    codes = [c for c, _ in reasons]
+    if len(set(codes)) != len(codes):
+        raise ReferenceDataError("override-reasons.yaml: duplicate codes")
+    return tuple(reasons)

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
-from service.engine.reference import LOINC, Analyte, Questionnaire, ReferenceData
+from service.engine.reference import LOINC, Analyte, Measurement, Questionnaire, ReferenceData
 from service.errors import Issue
 from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
 from service.fhir.dates import fhir_date
-from service.fhir.intake import SLEEP_DURATION_LOINC, Intake
+from service.fhir.intake import Intake
 
 LAB_STATUSES = frozenset({"final", "amended", "corrected"})
 RESPONSE_STATUSES = frozenset({"completed", "amended", "in-progress"})
@@ -21,12 +21,6 @@ UNCONFIRMED = frozenset({"refuted", "entered-in-error"})
 OBS_FINDING_STATUSES = frozenset({"preliminary", "final", "amended", "corrected"})
 INTERPRETATION_LOW = frozenset({"L", "LL", "LU"})
 INTERPRETATION_HIGH = frozenset({"H", "HH", "HU"})
-BODY_REGIONS = {
-    "thigh": "leg", "calf": "leg", "foot": "leg",
-    "arm": "arm", "hand": "arm",
-    "face": "head", "eyelid": "head", "tongue": "head",
-    "trunk": "trunk",
-}  # fmt: skip
 
 
 def _ref(resource: Any) -> str:
@@ -81,6 +75,7 @@ class FactExtractor:
         self.questionnaire: Questionnaire = reference.questionnaire
         self.questionnaire_url = questionnaire_url
         self.analytes = reference.analyte_by_loinc()
+        self.measurements = reference.measurement_by_code()
         self.finding_facts: dict[tuple[str, str], str] = {
             c.key(): fact for fact, codes in reference.findings.items() for c in codes
         }
@@ -288,8 +283,9 @@ class FactExtractor:
         latest: dict[str, tuple[date | None, LabResult]] = {}
         for obs, path in intake.observations:
             loinc = next((c for s, c in _codes(obs.code) if s == LOINC), None)
-            if loinc == SLEEP_DURATION_LOINC:
-                self._read_sleep(obs, builder)
+            measurement = self.measurements.get((LOINC, loinc)) if loinc else None
+            if measurement is not None:
+                self._read_measurement(obs, measurement, builder)
                 continue
             analyte = self.analytes.get(loinc) if loinc else None
             if analyte is None or obs.status not in LAB_STATUSES:
@@ -340,19 +336,22 @@ class FactExtractor:
                 latest[analyte.id] = (when, result)
         facts.labs = {k: v for k, (_, v) in latest.items()}
 
-    def _read_sleep(self, obs: Any, builder: FactBuilder) -> None:
+    def _read_measurement(self, obs: Any, measurement: Measurement, builder: FactBuilder) -> None:
         quantity = obs.valueQuantity
         if obs.status not in LAB_STATUSES or quantity is None or quantity.value is None:
             return
-        if (quantity.code or quantity.unit) not in ("h", "hours", "hour"):
+        factor = measurement.unit_factors.get(quantity.code or quantity.unit or "")
+        if factor is None:
             return
+        value = float(quantity.value) * factor
         when = self._effective(obs)
+        spec = self.questionnaire.items[measurement.fact]
         builder.add(
-            "sleep-hours",
-            float(quantity.value),
+            measurement.fact,
+            value,
             Evidence(
-                "Sleep duration",
-                f"{_fmt_number(float(quantity.value))} h",
+                measurement.code.display or spec.label,
+                f"{_fmt_number(round(value, 2))} {measurement.unit}",
                 _ref(obs),
                 when.isoformat() if when else None,
             ),
@@ -405,9 +404,15 @@ class FactExtractor:
         return facts
 
     def _derive(self, facts: PatientFacts) -> None:
+        # Known either way: no abnormal latest result (or no result at all) is false, not unknown.
+        abnormal = [lab.evidence() for lab in facts.labs.values() if lab.status in ("low", "high")]
+        facts.facts["abnormal-lab-on-record"] = Fact(
+            "abnormal-lab-on-record", bool(abnormal), tuple(abnormal)
+        )
         areas = facts.get("body-areas")
         if areas is not None and isinstance(areas.value, tuple):
-            regions = {BODY_REGIONS[a] for a in areas.value}
+            body = self.reference.body_areas
+            regions = {body[a].region for a in areas.value if body[a].counts_for_spreading}
             facts.facts["multiple-body-regions"] = Fact(
                 "multiple-body-regions", len(regions) >= 2, areas.evidence
             )

@@ -53,8 +53,6 @@ STATUS_VALUES: dict[str, frozenset[str]] = {
     ),
 }
 
-SLEEP_DURATION_LOINC = "93832-4"
-
 
 class Located(NamedTuple):
     """A raw resource and where it sits in the request (FHIRPath-style)."""
@@ -91,7 +89,9 @@ class Selector:
     """Decides from raw JSON alone whether the rules read a resource (cheap: no model built)."""
 
     def __init__(self, reference: ReferenceData) -> None:
-        self.lab_codes = frozenset(reference.analyte_by_loinc()) | {SLEEP_DURATION_LOINC}
+        self.lab_codes = frozenset(reference.analyte_by_loinc()) | {
+            m.code.code for m in reference.measurements.values() if m.code.system == LOINC
+        }
         self.finding_codes = frozenset(c.key() for codes in reference.findings.values() for c in codes)
         self.analyte_of = {loinc: analyte.id for loinc, analyte in reference.analyte_by_loinc().items()}
 
