@@ -17,6 +17,8 @@ KEY_TYPES = {
     "questionnaireResponses": "QuestionnaireResponse",
     "conditions": "Condition",
     "serviceRequests": "ServiceRequest",
+    "medicationRequests": "MedicationRequest",
+    "medicationStatements": "MedicationStatement",
 }
 REQUIRED_KEYS = ("patient", "observations", "questionnaireResponses")
 
@@ -35,6 +37,8 @@ def prefetch_templates(reference: ReferenceData) -> dict[str, str]:
         ),
         "conditions": f"Condition?patient={{{{context.patientId}}}}&code={','.join(finding_codes)}",
         "serviceRequests": "ServiceRequest?patient={{context.patientId}}&status=active,on-hold,draft",
+        "medicationRequests": "MedicationRequest?patient={{context.patientId}}&status=active",
+        "medicationStatements": "MedicationStatement?patient={{context.patientId}}&status=active",
     }
 
 

@@ -13,7 +13,9 @@ SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 CPT = "http://www.ama-assn.org/go/cpt"
 UCUM = "http://unitsofmeasure.org"
-KNOWN_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, CPT, "local"})
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+KNOWN_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, CPT, RXNORM, ATC, "local"})
 
 
 class ReferenceDataError(ValueError):
@@ -128,6 +130,35 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class DrugClass:
+    """A class of medicines and the facts a medicine of the class sets (e.g. lowers potassium)."""
+
+    id: str
+    label: str
+    facts: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Ingredient:
+    """A medicine ingredient, recognised by its verified codes or by name."""
+
+    id: str
+    drug_class: str
+    names: tuple[str, ...]  # lower case; matched as whole words in a medication's text
+    codes: tuple[Coding, ...]
+
+
+@dataclass(frozen=True)
+class Medications:
+    """medications.yaml: the facts medicines set, their classes and ingredients."""
+
+    facts: dict[str, str]  # fact -> label
+    classes: dict[str, DrugClass]
+    ingredients: dict[str, Ingredient]
+
+
+@dataclass(frozen=True)
 class Questionnaire:
     """The twitching-assessment Questionnaire's metadata and items."""
 
@@ -153,6 +184,7 @@ class ReferenceData:
     body_areas: dict[str, BodyArea]
     measurements: dict[str, Measurement]  # keyed by fact
     override_reasons: tuple[tuple[str, str], ...]  # (code, display)
+    medications: Medications
 
     def measurement_by_code(self) -> dict[tuple[str, str], Measurement]:
         """Map each measurement's (system, code) to it."""
@@ -272,6 +304,7 @@ def load_reference(folder: Path) -> ReferenceData:
     body_areas = _body_areas(_read(folder, "body-regions.yaml"), questionnaire, sources)
     measurements = _measurements(_read(folder, "measurements.yaml"), questionnaire)
     override_reasons = _override_reasons(_read(folder, "override-reasons.yaml"))
+    medications = _medications(_read(folder, "medications.yaml"), sources)
     return ReferenceData(
         questionnaire,
         analytes,
@@ -282,7 +315,56 @@ def load_reference(folder: Path) -> ReferenceData:
         body_areas,
         measurements,
         override_reasons,
+        medications,
     )
+
+
+def _medications(raw: Any, sources: dict[str, Source]) -> Medications:
+    """medications.yaml, cross-checked: classes set declared facts, cite known sources, codes are sourced."""
+    if not isinstance(raw, dict) or not all(
+        isinstance(raw.get(k), dict) for k in ("facts", "classes", "ingredients")
+    ):
+        raise ReferenceDataError("medications.yaml: facts, classes and ingredients mappings are expected")
+    facts = {str(k): str(v) for k, v in raw["facts"].items()}
+    classes: dict[str, DrugClass] = {}
+    for cid, entry in raw["classes"].items():
+        where = f"medications class {cid}"
+        class_facts = tuple(entry.get("facts") or ())
+        unknown = [f for f in class_facts if f not in facts]
+        if not class_facts or unknown:
+            raise ReferenceDataError(f"{where}: facts {unknown or 'missing'} are not declared under facts")
+        cited = tuple(entry.get("sources") or ())
+        if not cited or any(c not in sources for c in cited):
+            raise ReferenceDataError(f"{where}: every class cites known sources, got {list(cited)}")
+        classes[cid] = DrugClass(cid, str(entry["label"]), class_facts, cited)
+    ingredients: dict[str, Ingredient] = {}
+    seen_names: dict[str, str] = {}
+    seen_codes: dict[tuple[str, str], str] = {}
+    for iid, entry in raw["ingredients"].items():
+        where = f"medications ingredient {iid}"
+        if entry.get("class") not in classes:
+            raise ReferenceDataError(f"{where}: unknown class {entry.get('class')!r}")
+        names = tuple(str(n).lower() for n in entry.get("names") or ())
+        if not names:
+            raise ReferenceDataError(f"{where}: at least one name is required")
+        codes = []
+        for raw_code in entry.get("codes") or ():
+            if raw_code.get("source") not in sources:
+                raise ReferenceDataError(f"{where}: code {raw_code.get('code')} needs a known source")
+            code = _coding(raw_code, where)
+            if code.system not in (RXNORM, ATC):
+                raise ReferenceDataError(f"{where}: only RxNorm or ATC codes, not {code.system}")
+            codes.append(code)
+        for name in names:
+            if name in seen_names:
+                raise ReferenceDataError(f"{where}: name {name!r} is also {seen_names[name]}")
+            seen_names[name] = iid
+        for code in codes:
+            if code.key() in seen_codes:
+                raise ReferenceDataError(f"{where}: code {code.code} is also {seen_codes[code.key()]}")
+            seen_codes[code.key()] = iid
+        ingredients[iid] = Ingredient(iid, str(entry["class"]), names, tuple(codes))
+    return Medications(facts, classes, ingredients)
 
 
 def _body_areas(raw: Any, questionnaire: Questionnaire, sources: dict[str, Source]) -> dict[str, BodyArea]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date
@@ -19,6 +20,7 @@ ACTIVE_ORDER_STATUSES = frozenset({"draft", "active", "on-hold"})
 INACTIVE_CONDITION = frozenset({"inactive", "remission", "resolved"})
 UNCONFIRMED = frozenset({"refuted", "entered-in-error"})
 OBS_FINDING_STATUSES = frozenset({"preliminary", "final", "amended", "corrected"})
+ACTIVE_MEDICATION_STATUSES = frozenset({"active"})
 INTERPRETATION_LOW = frozenset({"L", "LL", "LU"})
 INTERPRETATION_HIGH = frozenset({"H", "HH", "HU"})
 
@@ -76,6 +78,14 @@ class FactExtractor:
         self.questionnaire_url = questionnaire_url
         self.analytes = reference.analyte_by_loinc()
         self.measurements = reference.measurement_by_code()
+        medications = reference.medications
+        self.drug_by_code: dict[tuple[str, str], str] = {
+            c.key(): i.id for i in medications.ingredients.values() for c in i.codes
+        }
+        self.drug_by_name = {n: i.id for i in medications.ingredients.values() for n in i.names}
+        # One pass over a medication's text finds every ingredient named in it, as whole words.
+        names = sorted(self.drug_by_name, key=len, reverse=True)
+        self.drug_names = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
         self.finding_facts: dict[tuple[str, str], str] = {
             c.key(): fact for fact, codes in reference.findings.items() for c in codes
         }
@@ -357,6 +367,68 @@ class FactExtractor:
             ),
         )
 
+    # -- medications -------------------------------------------------------------------------
+    @staticmethod
+    def _drug_concept(resource: Any) -> tuple[Any | None, str | None]:
+        """The medication's CodeableConcept, from the resource or a contained Medication."""
+        if resource.medicationCodeableConcept is not None:
+            return resource.medicationCodeableConcept, None
+        reference = resource.medicationReference
+        target = reference.reference if reference is not None else None
+        if target and target.startswith("#"):
+            for contained in resource.contained or ():
+                if contained.get_resource_type() == "Medication" and contained.id == target[1:]:
+                    return contained.code, None
+        display = reference.display if reference is not None else None
+        return None, display or target
+
+    def _read_medications(self, intake: Intake, facts: PatientFacts, builder: FactBuilder) -> None:
+        medications = self.reference.medications
+        for resource, path in intake.medications:
+            if resource.status not in ACTIVE_MEDICATION_STATUSES:
+                continue  # stopped, completed, entered-in-error...: not what the patient takes now
+            concept, referenced = self._drug_concept(resource)
+            if concept is None:
+                facts.problems.append(
+                    Issue(
+                        f"{resource.get_resource_type()}: the medicine is named only by a reference"
+                        f" ({referenced or 'none'}) to a Medication that was not sent; not read",
+                        f"{path}.medicationReference",
+                        severity="warning",
+                        code="incomplete",
+                    )
+                )
+                continue
+            found: dict[str, str] = {}  # ingredient -> how it was matched
+            for system, code in _codes(concept):
+                coded = self.drug_by_code.get((system, code))
+                if coded:
+                    short = "RxNorm" if "rxnorm" in system else "ATC"
+                    found.setdefault(coded, f"{short} {code}")
+            texts = [concept.text or "", *(c.display or "" for c in concept.coding or ())]
+            for text in texts:
+                for match in self.drug_names.finditer(text):
+                    found.setdefault(self.drug_by_name[match.group(1).lower()], "matched by name")
+            if not found:
+                continue
+            shown = concept.text or next((c.display for c in concept.coding or () if c.display), "")
+            when = fhir_date(
+                getattr(resource, "authoredOn", None)
+                or getattr(resource, "effectiveDateTime", None)
+                or getattr(resource, "dateAsserted", None)
+            )
+            for ingredient_id, how in found.items():
+                ingredient = medications.ingredients[ingredient_id]
+                drug_class = medications.classes[ingredient.drug_class]
+                evidence = Evidence(
+                    f"Medicine ({drug_class.label})",
+                    f"{shown or ingredient.id} ({ingredient.id}; {how})",
+                    _ref(resource),
+                    when.isoformat() if when else None,
+                )
+                for fact in drug_class.facts:
+                    builder.add(fact, True, evidence)
+
     # -- orders ------------------------------------------------------------------------------
     def _read_orders(self, intake: Intake, facts: PatientFacts, drafts: list[Any]) -> None:
         for request, _ in intake.service_requests:
@@ -399,6 +471,7 @@ class FactExtractor:
         self._read_findings(intake, builder)
         self._read_labs(intake, facts, builder, sex)
         self._read_orders(intake, facts, drafts or [])
+        self._read_medications(intake, facts, builder)
         facts.facts = builder.build()
         self._derive(facts)
         return facts

@@ -25,6 +25,10 @@ def fact_registry(reference: ReferenceData) -> dict[str, FactSpec]:
         registry[item.link_id] = FactSpec(item.link_id, kind, item.label, item.options)
     for spec in DERIVED:
         registry[spec.name] = spec
+    for drug_fact, drug_label in reference.medications.facts.items():
+        if drug_fact in registry:
+            raise ValueError(f"medications fact {drug_fact!r} is already a question or derived fact")
+        registry[drug_fact] = FactSpec(drug_fact, "boolean", drug_label)
     for fact in reference.findings:
         if fact not in registry:
             label = reference.finding_labels.get(fact)

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 import orjson
 import pydantic
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
@@ -29,6 +31,8 @@ MODELS: dict[str, type[Any]] = {
     "QuestionnaireResponse": QuestionnaireResponse,
     "Condition": Condition,
     "ServiceRequest": ServiceRequest,
+    "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
 }
 
 # Required codes whose value sets fhir.resources does not enforce (R4 value sets).
@@ -51,6 +55,12 @@ STATUS_VALUES: dict[str, frozenset[str]] = {
     "ServiceRequest": frozenset(
         ["draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"]
     ),
+    "MedicationRequest": frozenset(
+        ["active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"]
+    ),
+    "MedicationStatement": frozenset(
+        ["active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken"]
+    ),
 }
 
 
@@ -71,6 +81,7 @@ class Intake:
     responses: list[tuple[QuestionnaireResponse, str]] = field(default_factory=list)
     conditions: list[tuple[Condition, str]] = field(default_factory=list)
     service_requests: list[tuple[ServiceRequest, str]] = field(default_factory=list)
+    medications: list[tuple[MedicationRequest | MedicationStatement, str]] = field(default_factory=list)
     problems: list[Issue] = field(default_factory=list)
     patient_problems: list[Issue] = field(default_factory=list)  # an unusable Patient: no evaluation
 
@@ -82,6 +93,8 @@ class Intake:
             "QuestionnaireResponse": self.responses,
             "Condition": self.conditions,
             "ServiceRequest": self.service_requests,
+            "MedicationRequest": self.medications,
+            "MedicationStatement": self.medications,
         }[resource_type]  # type: ignore[return-value]
 
 
@@ -129,7 +142,13 @@ class Selector:
         """Whether the rules read a resource, and its lab group (see _lab_group): codes read once."""
         # Plain loops: this runs for every prefetched resource, a thousand on a big call.
         kind = resource.get("resourceType")
-        if kind in ("Patient", "QuestionnaireResponse", "ServiceRequest"):
+        if kind in (
+            "Patient",
+            "QuestionnaireResponse",
+            "ServiceRequest",
+            "MedicationRequest",
+            "MedicationStatement",
+        ):
             return True, None
         findings = self.finding_codes
         if kind == "Observation":
