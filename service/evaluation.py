@@ -94,6 +94,7 @@ class Evaluator:
             intake.responses,
             intake.conditions,
             intake.service_requests,
+            intake.medications,
         )
         for bucket in buckets:
             kept = []

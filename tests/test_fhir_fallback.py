@@ -284,6 +284,8 @@ def test_only_fhir_server_gives_the_prefetch_cards(
             "/fhir/QuestionnaireResponse",
             "/fhir/Condition",
             "/fhir/ServiceRequest",
+            "/fhir/MedicationRequest",
+            "/fhir/MedicationStatement",
         ]
     )
     for request in fake.received:
@@ -321,7 +323,7 @@ def test_open_server_without_a_token(
     del call["fhirAuthorization"]
     response = fetching.post(HOOK, json=call)
     assert card_rules(response.get_json()["cards"]) == [topic("motor-neuron-red-flags")]
-    assert len(fake.received) == 5
+    assert len(fake.received) == 7
     assert all("Authorization" not in r.headers for r in fake.received)
 
 
@@ -366,15 +368,15 @@ def test_fetched_outcome_entries_reach_the_data_card(
 
 
 def test_fetches_run_in_parallel_within_the_budget(fake: FakeFhirServer, example: dict[str, Any]) -> None:
-    """Five searches that each take 0.3 s finish together, well before 5 x 0.3 s."""
+    """Seven reads and searches that each take 0.3 s finish together, well before 7 x 0.3 s."""
     fake.delay = 0.3
     client = make_app(fake).test_client()
     started = time.perf_counter()
     response = client.post(HOOK, json=server_call(example, fake.base))
     elapsed = time.perf_counter() - started
     assert response.status_code == 200
-    assert len(fake.received) == 5
-    assert elapsed < 1.2, elapsed  # one after another would take at least 1.5 s
+    assert len(fake.received) == 7
+    assert elapsed < 1.2, elapsed  # one after another would take at least 2.1 s
 
 
 # -- paging -----------------------------------------------------------------------------------------

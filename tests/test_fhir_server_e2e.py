@@ -272,7 +272,7 @@ def test_synthea_records_give_the_same_cards(
         assert signature(fetched) == signature(expected), name
         if example is None:
             assert fetched == [], name
-        elif example == QR_RED_FLAG and card_rules(expected) != [topic("under-18")]:
+        elif example == QR_RED_FLAG and card_rules(expected) != [topic("under-16")]:
             assert fetched[0]["indicator"] == "critical", name
 
 

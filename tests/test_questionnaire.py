@@ -17,6 +17,12 @@ CONTRACT_LINK_IDS = {
     "relieved-by-movement", "caffeine-mg", "sleep-hours", "fluid-litres", "stress",
     "recent-exertion",
 }  # fmt: skip
+# Version 1.1.0 adds what NICE NG42 lists for motor neuron disease, and new sexual dysfunction
+# (NICE NG127 cauda equina); the 1.0.0 contract's linkIds are all kept.
+ADDED_1_1_0 = {
+    "stiffness", "falls", "hand-clumsiness", "cognitive-change", "morning-headache",
+    "daytime-sleepiness", "sexual-dysfunction",
+}  # fmt: skip
 
 
 def _items(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -35,15 +41,15 @@ def test_questionnaire_is_valid_fhir_with_stable_identity(client: FlaskClient) -
     body = response.get_json()
     Questionnaire.model_validate(body, strict=True)
     assert body["url"].endswith("/Questionnaire/twitching-assessment")
-    assert body["version"] == "1.0.0"
+    assert body["version"] == "1.1.0"
     assert body["status"] == "active"
 
 
 def test_questionnaire_matches_the_contract(client: FlaskClient) -> None:
-    """Exactly the contract's linkIds, with its types and answer options."""
+    """The contract's linkIds (kept) and 1.1.0's additions, with their types and answer options."""
     body = client.get("/fhir/Questionnaire/twitching-assessment").get_json()
     items = {k: v for k, v in _items(body["item"]).items() if v["type"] != "group"}
-    assert set(items) == CONTRACT_LINK_IDS
+    assert set(items) == CONTRACT_LINK_IDS | ADDED_1_1_0
     assert items["duration-days"]["type"] == "integer"
     assert items["caffeine-mg"]["type"] == "decimal"
     assert items["body-areas"]["repeats"] is True
@@ -113,3 +119,18 @@ def test_answer_outside_the_options_is_reported(client: FlaskClient) -> None:
     cards = client.post("/evaluate", json=_bundle(items)).get_json()["cards"]
     assert card_rules(cards)[-1] == "dataquality"
     assert "Bundle.entry[1].resource.item[0].answer" in cards[-1]["detail"]
+
+
+def test_answers_to_version_1_0_0_are_still_read(client: FlaskClient) -> None:
+    """A response naming questionnaire version 1.0.0 is read; items it lacks stay unknown."""
+    from tests.patients import ALL_NO, bundle
+
+    answers = {**ALL_NO, "duration-days": 5, "body-areas": ["thigh"], "weakness": True}
+    data = bundle("v100", "1980-01-01", "female", answers, version="1.0.0")
+    cards = client.post("/evaluate", json=data).get_json()["cards"]
+    assert card_rules(cards) == [topic("motor-neuron-red-flags")]
+    assert "Muscle weakness: **yes**" in cards[0]["detail"]
+    none_said = {**ALL_NO, "duration-days": 5, "body-areas": ["thigh"]}
+    old = client.post("/evaluate", json=bundle("v100b", "1980-01-01", "male", none_said, version="1.0.0"))
+    # The 1.1.0 items are unanswered, so unknown: they neither raise a card nor block reassurance.
+    assert card_rules(old.get_json()["cards"]) == [topic("likely-benign")]

@@ -90,7 +90,83 @@ CASES: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         lambda r: r["cbc"]["code"].update(system="http://example.org/made-up"),
         "unknown code system 'http://example.org/made-up'",
     ),
+    (
+        "reference/questionnaire.yaml",
+        "a body area without a region",
+        lambda q: _item(q, "body-areas")["options"].append("back"),
+        "body-areas option(s) ['back'] have no region",
+    ),
+    (
+        "reference/body-regions.yaml",
+        "counts_for_spreading not a boolean",
+        lambda b: b["areas"]["eyelid"].update(counts_for_spreading="no"),
+        "counts_for_spreading is true or false",
+    ),
+    (
+        "reference/findings.yaml",
+        "a coded fact without a label",
+        lambda f: f["ckd-diagnosed"].pop("label"),
+        "findings ckd-diagnosed: neither a question nor a derived fact, so it needs a label",
+    ),
+    (
+        "reference/measurements.yaml",
+        "a measurement code that differs from its question's",
+        lambda m: m["sleep-hours"]["code"].update(code="12345-6"),
+        "differs from the question's code 93832-4",
+    ),
+    (
+        "reference/override-reasons.yaml",
+        "duplicate override reason",
+        lambda r: r.append({"code": "patient-declined", "display": "Declined again"}),  # type: ignore[attr-defined]
+        "override-reasons.yaml: duplicate codes",
+    ),
+    (
+        "reference/medications.yaml",
+        "a drug class setting an undeclared fact",
+        lambda m: m["classes"]["statin"]["facts"].append("medication-lowers-sodium"),
+        "facts ['medication-lowers-sodium'] are not declared",
+    ),
+    (
+        "reference/medications.yaml",
+        "a drug code without a source",
+        lambda m: m["ingredients"]["furosemide"]["codes"][0].pop("source"),
+        "code 4603 needs a known source",
+    ),
+    (
+        "reference/medications.yaml",
+        "one name for two ingredients",
+        lambda m: m["ingredients"]["bumetanide"]["names"].append("furosemide"),
+        "name 'furosemide' is also",
+    ),
+    (
+        "set/possible-myelopathy.yaml",
+        "an urgent order on a card that does not say urgent",
+        lambda r: r.update(advice="Refer to neurology.", summary="Gait problems: refer to neurology"),
+        "neurology-referral is ordered 'urgent' but the card's words do not say so",
+    ),
+    (
+        "set/cauda-equina.yaml",
+        "a stat order on a card that does not say immediate or emergency",
+        lambda r: r.update(advice="Refer today.", summary="Possible cauda equina syndrome: MRI today"),
+        "mri-lumbar-spine is ordered 'stat'",
+    ),
+    (
+        "set/spreading-twitching.yaml",
+        "a summary word that names no priority",
+        lambda r: r.update(summary="Spreading twitching: prompt neurology appointment"),
+        "summary says 'prompt', which names no priority",
+    ),
+    (
+        "set/motor-neuron-red-flags.yaml",
+        "replaced by an unknown rule",
+        lambda r: r.update(replaced_by=["known-mnd"]),
+        "replaced_by names unknown rules ['known-mnd']",
+    ),
 ]
+
+
+def _item(questionnaire: dict[str, Any], link_id: str) -> dict[str, Any]:
+    return next(i for g in questionnaire["groups"] for i in g["items"] if i["linkId"] == link_id)
 
 
 @pytest.mark.parametrize(("file", "name", "change", "message"), CASES, ids=[c[1] for c in CASES])

@@ -13,11 +13,11 @@ from tests.conftest import EXAMPLES, card_rules, load_json, shared, topic
 
 RECORDS = {
     "Angelic_Mueller": [topic("lab-abnormal-kidney-function")],  # creatinine 3.2 mg/dL (2020)
-    "Catina_Witting": [topic("under-18")],  # died in 1959 aged 11: age stops at death
+    "Catina_Witting": [topic("under-16")],  # died in 1959 aged 11: age stops at death
     "Chet_Hoeger": [topic("likely-benign")],
     "Errol_Prohaska": [topic("likely-benign")],
     "Hunter_Herman": [topic("lab-abnormal-glucose")],  # glucose above the fasting range (2020)
-    "Noel_Reynolds": [topic("under-18")],  # the child among them
+    "Noel_Reynolds": [topic("under-16")],  # the child among them
 }
 
 
@@ -75,8 +75,8 @@ def test_record_with_red_flag_assessment(client: FlaskClient, name: str) -> None
     """Weakness answered yes: the critical card for every adult; the children get the population card."""
     example = EXAMPLES / "motor-neuron-red-flags" / "fires-weakness.json"
     rules = card_rules(_post(client, _with_assessment(_record(name), example)))
-    if RECORDS[name] == [topic("under-18")]:
-        assert rules == [topic("under-18")]
+    if RECORDS[name] == [topic("under-16")]:
+        assert rules == [topic("under-16")]
     else:
         assert rules[0] == topic("motor-neuron-red-flags")
         assert topic("likely-benign") not in rules

@@ -16,12 +16,6 @@ CATEGORY_CODINGS = {
     "imaging": {"system": SNOMED, "code": "363679005", "display": "Imaging"},
 }
 FASCICULATION = {"system": ICD10CM, "code": "R25.3", "display": "Fasciculation"}
-OVERRIDE_REASONS = (
-    ("already-addressed", "Already assessed or addressed"),
-    ("patient-declined", "Patient declined"),
-    ("not-applicable", "Not applicable to this patient"),
-    ("data-inaccurate", "The recorded data are inaccurate"),
-)
 MAX_PROBLEMS_SHOWN = 10
 
 
@@ -41,7 +35,7 @@ class CardRenderer:
         self.service_title = service_title
         self.override_reasons = [
             {"system": self.override_system, "code": code, "display": display}
-            for code, display in OVERRIDE_REASONS
+            for code, display in reference.override_reasons
         ]
 
     def coding(self, coding: Coding) -> dict[str, str]:
@@ -101,6 +95,8 @@ class CardRenderer:
         lines = ["**Why this card**", *(e.markdown() for e in firing.evidence), "", firing.advice]
         if firing.already:
             lines += ["", "**Already in hand**", *(f"- {md_escape(text)}" for text in firing.already)]
+        if firing.withheld:
+            lines += ["", "**Not offered now**", *(f"- {md_escape(text)}" for text in firing.withheld)]
         if facts.problems:
             lines += [
                 "",

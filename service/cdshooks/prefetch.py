@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.engine.reference import LOINC, ReferenceData
+from service.engine.reference import ReferenceData
 from service.errors import Issue
-from service.fhir.intake import SLEEP_DURATION_LOINC, Located
+from service.fhir.intake import Located
 from service.fhir.raw import scalar_text
 
 # prefetch key -> the resource type it brings; the first three are required to evaluate.
@@ -17,6 +17,8 @@ KEY_TYPES = {
     "questionnaireResponses": "QuestionnaireResponse",
     "conditions": "Condition",
     "serviceRequests": "ServiceRequest",
+    "medicationRequests": "MedicationRequest",
+    "medicationStatements": "MedicationStatement",
 }
 REQUIRED_KEYS = ("patient", "observations", "questionnaireResponses")
 
@@ -28,7 +30,8 @@ def prefetch_templates(reference: ReferenceData) -> dict[str, str]:
     # system of what comes back).
     lab_codes = sorted({c.code for a in reference.analytes.values() for c in a.codes})
     finding_codes = [f"{c.system}|{c.code}" for codes in reference.findings.values() for c in codes]
-    observation_codes = ",".join([*lab_codes, f"{LOINC}|{SLEEP_DURATION_LOINC}", *finding_codes])
+    measured = [f"{m.code.system}|{m.code.code}" for m in reference.measurements.values()]
+    observation_codes = ",".join([*lab_codes, *measured, *finding_codes])
     return {
         "patient": "Patient/{{context.patientId}}",
         "observations": f"Observation?patient={{{{context.patientId}}}}&code={observation_codes}",
@@ -37,6 +40,8 @@ def prefetch_templates(reference: ReferenceData) -> dict[str, str]:
         ),
         "conditions": f"Condition?patient={{{{context.patientId}}}}&code={','.join(finding_codes)}",
         "serviceRequests": "ServiceRequest?patient={{context.patientId}}&status=active,on-hold,draft",
+        "medicationRequests": "MedicationRequest?patient={{context.patientId}}&status=active",
+        "medicationStatements": "MedicationStatement?patient={{context.patientId}}&status=active",
     }
 
 

@@ -30,6 +30,7 @@ class Firing:
     wanted: tuple[Suggestion, ...]
     suggestions: list[PlannedSuggestion] = field(default_factory=list)
     already: list[str] = field(default_factory=list)  # work already done or ordered, as text
+    withheld: list[str] = field(default_factory=list)  # routine orders held back beside an emergency
 
 
 def _fire(rule: Rule, facts: PatientFacts) -> Firing | None:
@@ -83,24 +84,34 @@ def _sort_key(firing: Firing) -> tuple[int, int, str]:
 
 
 def _plan_orders(firings: list[Firing], ruleset: RuleSet, facts: PatientFacts) -> None:
-    # An order appears once, on the most urgent card that wants it, at the highest priority asked.
-    first_card: dict[str, PlannedSuggestion] = {}
-    for firing in firings:
+    # An order appears once, on the card that asks for it most urgently (the first such card), so
+    # the priority of a draft always matches the words of the card it sits on.
+    owners: dict[str, tuple[int, Suggestion]] = {}
+    for index, firing in enumerate(firings):
+        for wanted in firing.wanted:
+            owner = owners.get(wanted.order)
+            if owner is None or PRIORITIES.index(wanted.priority) > PRIORITIES.index(owner[1].priority):
+                owners[wanted.order] = (index, wanted)
+    emergency = next((f for f in firings if f.rule.withholds_routine), None)
+    for index, firing in enumerate(firings):
         for wanted in firing.wanted:
             orderable = ruleset.reference.orderables[wanted.order]
-            planned = first_card.get(wanted.order)
-            if planned is not None:
-                if PRIORITIES.index(wanted.priority) > PRIORITIES.index(planned.priority):
-                    planned.priority = wanted.priority
-                firing.already.append(f"{orderable.label}: suggested on a card above")
-                continue
             done = _existing_work(orderable, facts)
             if done:
                 firing.already.append(done)
                 continue
-            planned = PlannedSuggestion(orderable, wanted.priority, wanted.reason)
-            first_card[wanted.order] = planned
-            firing.suggestions.append(planned)
+            owner_index, chosen = owners[wanted.order]
+            if owner_index != index or chosen is not wanted:
+                where = "above" if owner_index < index else "below"
+                firing.already.append(f"{orderable.label}: suggested on a card {where}")
+                continue
+            if emergency is not None and wanted.priority == "routine":
+                # An emergency comes first: routine work-up beside it would only distract.
+                firing.withheld.append(
+                    f"{orderable.label}: not offered now; {emergency.rule.title} comes first"
+                )
+                continue
+            firing.suggestions.append(PlannedSuggestion(orderable, wanted.priority, wanted.reason))
 
 
 def _existing_work(orderable: Orderable, facts: PatientFacts) -> str | None:
@@ -125,6 +136,8 @@ def evaluate(ruleset: RuleSet, facts: PatientFacts) -> list[Firing]:
     exclusive = [f for f in fired if f.rule.exclusive]
     if exclusive:
         fired = exclusive
+    fired_ids = {f.rule.id for f in fired}
+    fired = [f for f in fired if not set(f.rule.replaced_by) & fired_ids]
     present = {f.rule.category for f in fired}
     if facts.problems:
         present.add("data-problems")

@@ -16,7 +16,9 @@ SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 CPT = "http://www.ama-assn.org/go/cpt"
 UCUM = "http://unitsofmeasure.org"
-KNOWN_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, CPT, "local"})
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+KNOWN_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, CPT, RXNORM, ATC, "local"})
 
 
 # libyaml's safe loader when installed (7x faster on the lab-code tables), else the pure-Python one.
@@ -166,6 +168,55 @@ class Source:
     label: str
     url: str | None = None
     file: str | None = None
+    status: str | None = None  # V (read in the primary source) or V2 (a secondary summary only)
+
+
+@dataclass(frozen=True)
+class BodyArea:
+    """A body-areas answer: the region it lies in, and whether it counts towards spreading."""
+
+    option: str
+    region: str
+    counts_for_spreading: bool
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A coded Observation read as a number-valued fact (e.g. sleep duration in hours)."""
+
+    fact: str
+    code: Coding
+    unit: str  # the question's unit, shown on cards
+    unit_factors: dict[str, float]  # recorded unit -> factor to the fact's unit
+
+
+@dataclass(frozen=True)
+class DrugClass:
+    """A class of medicines and the facts a medicine of the class sets (e.g. lowers potassium)."""
+
+    id: str
+    label: str
+    facts: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Ingredient:
+    """A medicine ingredient, recognised by its verified codes or by name."""
+
+    id: str
+    drug_class: str
+    names: tuple[str, ...]  # lower case; matched as whole words in a medication's text
+    codes: tuple[Coding, ...]
+
+
+@dataclass(frozen=True)
+class Medications:
+    """medications.yaml: the facts medicines set, their classes and ingredients."""
+
+    facts: dict[str, str]  # fact -> label
+    classes: dict[str, DrugClass]
+    ingredients: dict[str, Ingredient]
 
 
 @dataclass(frozen=True)
@@ -204,7 +255,16 @@ class ReferenceData:
     orderables: dict[str, Orderable]
     findings: dict[str, tuple[Coding, ...]]
     sources: dict[str, Source]
+    finding_labels: dict[str, str]  # label of a coded fact that is not also a question
+    body_areas: dict[str, BodyArea]
+    measurements: dict[str, Measurement]  # keyed by fact
+    override_reasons: tuple[tuple[str, str], ...]  # (code, display)
+    medications: Medications
     calcium_adjustment: CalciumAdjustment
+
+    def measurement_by_code(self) -> dict[tuple[str, str], Measurement]:
+        """Map each measurement's (system, code) to it."""
+        return {m.code.key(): m for m in self.measurements.values()}
 
     def analyte_by_code(self) -> dict[tuple[str, str], Analyte]:
         """Map every recognised (system, code) to its analyte."""
@@ -480,14 +540,25 @@ def load_reference(folder: Path, local_lab_codes: Path | None = None) -> Referen
             matches=tuple(_coding(m, f"orders {order_id}") for m in raw.get("matches", ())),
             covered_by_results=covered,
         )
-    findings = {
-        fact: tuple(_coding(c, f"findings {fact}") for c in codes)
-        for fact, codes in _read(folder, "findings.yaml").items()
-    }
+    findings: dict[str, tuple[Coding, ...]] = {}
+    finding_labels: dict[str, str] = {}
+    for fact, raw in _read(folder, "findings.yaml").items():
+        if not isinstance(raw, dict) or not raw.get("codes"):
+            raise ReferenceDataError(f"findings {fact}: a mapping with codes (and label) is expected")
+        findings[fact] = tuple(_coding(c, f"findings {fact}") for c in raw["codes"])
+        if raw.get("label"):
+            finding_labels[fact] = str(raw["label"])
     sources = {
-        sid: Source(sid, raw["label"], raw.get("url"), raw.get("file"))
+        sid: Source(sid, raw["label"], raw.get("url"), raw.get("file"), raw.get("status"))
         for sid, raw in _read(folder, "sources.yaml").items()
     }
+    for sid, source in sources.items():
+        if source.status not in (None, "V", "V2"):
+            raise ReferenceDataError(f"sources {sid}: status {source.status!r} is not V or V2")
+    body_areas = _body_areas(_read(folder, "body-regions.yaml"), questionnaire, sources)
+    measurements = _measurements(_read(folder, "measurements.yaml"), questionnaire)
+    override_reasons = _override_reasons(_read(folder, "override-reasons.yaml"))
+    medications = _medications(_read(folder, "medications.yaml"), sources)
     adjustment = _calcium_adjustment(_read(folder, "derived.yaml")["adjusted-calcium"], analytes, sources)
     for analyte in analytes.values():
         for grade in analyte.grades:
@@ -495,4 +566,132 @@ def load_reference(folder: Path, local_lab_codes: Path | None = None) -> Referen
                 raise ReferenceDataError(
                     f"labs {analyte.id} grade {grade.id}: unknown source {grade.source!r}"
                 )
-    return ReferenceData(questionnaire, analytes, orderables, findings, sources, adjustment)
+    return ReferenceData(
+        questionnaire,
+        analytes,
+        orderables,
+        findings,
+        sources,
+        finding_labels,
+        body_areas,
+        measurements,
+        override_reasons,
+        medications,
+        adjustment,
+    )
+
+
+def _medications(raw: Any, sources: dict[str, Source]) -> Medications:
+    """medications.yaml, cross-checked: classes set declared facts, cite known sources, codes are sourced."""
+    if not isinstance(raw, dict) or not all(
+        isinstance(raw.get(k), dict) for k in ("facts", "classes", "ingredients")
+    ):
+        raise ReferenceDataError("medications.yaml: facts, classes and ingredients mappings are expected")
+    facts = {str(k): str(v) for k, v in raw["facts"].items()}
+    classes: dict[str, DrugClass] = {}
+    for cid, entry in raw["classes"].items():
+        where = f"medications class {cid}"
+        class_facts = tuple(entry.get("facts") or ())
+        unknown = [f for f in class_facts if f not in facts]
+        if not class_facts or unknown:
+            raise ReferenceDataError(f"{where}: facts {unknown or 'missing'} are not declared under facts")
+        cited = tuple(entry.get("sources") or ())
+        if not cited or any(c not in sources for c in cited):
+            raise ReferenceDataError(f"{where}: every class cites known sources, got {list(cited)}")
+        classes[cid] = DrugClass(cid, str(entry["label"]), class_facts, cited)
+    ingredients: dict[str, Ingredient] = {}
+    seen_names: dict[str, str] = {}
+    seen_codes: dict[tuple[str, str], str] = {}
+    for iid, entry in raw["ingredients"].items():
+        where = f"medications ingredient {iid}"
+        if entry.get("class") not in classes:
+            raise ReferenceDataError(f"{where}: unknown class {entry.get('class')!r}")
+        names = tuple(str(n).lower() for n in entry.get("names") or ())
+        if not names:
+            raise ReferenceDataError(f"{where}: at least one name is required")
+        codes = []
+        for raw_code in entry.get("codes") or ():
+            if raw_code.get("source") not in sources:
+                raise ReferenceDataError(f"{where}: code {raw_code.get('code')} needs a known source")
+            code = _coding(raw_code, where)
+            if code.system not in (RXNORM, ATC):
+                raise ReferenceDataError(f"{where}: only RxNorm or ATC codes, not {code.system}")
+            codes.append(code)
+        for name in names:
+            if name in seen_names:
+                raise ReferenceDataError(f"{where}: name {name!r} is also {seen_names[name]}")
+            seen_names[name] = iid
+        for code in codes:
+            if code.key() in seen_codes:
+                raise ReferenceDataError(f"{where}: code {code.code} is also {seen_codes[code.key()]}")
+            seen_codes[code.key()] = iid
+        ingredients[iid] = Ingredient(iid, str(entry["class"]), names, tuple(codes))
+    return Medications(facts, classes, ingredients)
+
+
+def _body_areas(raw: Any, questionnaire: Questionnaire, sources: dict[str, Source]) -> dict[str, BodyArea]:
+    """body-regions.yaml: exactly one entry per body-areas option, each with a region."""
+    item = questionnaire.items.get("body-areas")
+    if item is None:
+        raise ReferenceDataError("questionnaire: the body-areas item is missing")
+    areas_raw = raw.get("areas") if isinstance(raw, dict) else None
+    if not isinstance(areas_raw, dict):
+        raise ReferenceDataError("body-regions.yaml: an `areas` mapping is expected")
+    cited = [s for s in raw.get("sources", ()) if s not in sources]
+    if cited:
+        raise ReferenceDataError(f"body-regions.yaml: unknown sources {cited}")
+    missing = [o for o in item.options if o not in areas_raw]
+    if missing:
+        raise ReferenceDataError(
+            f"body-regions.yaml: body-areas option(s) {missing} have no region; add each with"
+            " `region` (and `counts_for_spreading` if twitching there is not counted)"
+        )
+    extra = [a for a in areas_raw if a not in item.options]
+    if extra:
+        raise ReferenceDataError(f"body-regions.yaml: {extra} are not body-areas options")
+    areas: dict[str, BodyArea] = {}
+    for option, entry in areas_raw.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("region"), str):
+            raise ReferenceDataError(f"body-regions.yaml {option}: a region is required")
+        counts = entry.get("counts_for_spreading", True)
+        if not isinstance(counts, bool):
+            raise ReferenceDataError(f"body-regions.yaml {option}: counts_for_spreading is true or false")
+        areas[option] = BodyArea(option, entry["region"], counts)
+    return areas
+
+
+def _measurements(raw: Any, questionnaire: Questionnaire) -> dict[str, Measurement]:
+    """measurements.yaml: each names a numeric question whose answer a coded Observation may give."""
+    out: dict[str, Measurement] = {}
+    for fact, entry in (raw or {}).items():
+        item = questionnaire.items.get(fact)
+        if item is None or item.type not in ("integer", "decimal"):
+            raise ReferenceDataError(f"measurements {fact}: not a numeric questionnaire item")
+        code = _coding(entry.get("code"), f"measurements {fact}")
+        if item.code is not None and item.code.key() != code.key():
+            raise ReferenceDataError(
+                f"measurements {fact}: code {code.code} differs from the question's code {item.code.code}"
+            )
+        factors = {str(u): float(f) for u, f in (entry.get("units") or {}).items()}
+        if not factors:
+            raise ReferenceDataError(f"measurements {fact}: units are required")
+        unit = str(entry.get("unit") or "")
+        if not unit:
+            raise ReferenceDataError(f"measurements {fact}: unit is required")
+        out[fact] = Measurement(fact, code, unit, factors)
+    return out
+
+
+def _override_reasons(raw: Any) -> tuple[tuple[str, str], ...]:
+    """override-reasons.yaml: the reasons a clinician may give for dismissing a card."""
+    if not isinstance(raw, list) or not raw:
+        raise ReferenceDataError("override-reasons.yaml: a non-empty list is expected")
+    reasons: list[tuple[str, str]] = []
+    for entry in raw:
+        if not isinstance(entry, dict) or not entry.get("code") or not entry.get("display"):
+            raise ReferenceDataError(f"override-reasons.yaml: {entry!r} needs code and display")
+        reasons.append((str(entry["code"]), str(entry["display"])))
+    codes = [c for c, _ in reasons]
+    if len(set(codes)) != len(codes):
+        raise ReferenceDataError("override-reasons.yaml: duplicate codes")
+    return tuple(reasons)

@@ -15,10 +15,26 @@ from service.engine.reference import ReferenceData, load_reference
 from service.facts.registry import fact_registry
 
 INDICATORS = ("critical", "warning", "info")
-CATEGORIES = ("red-flag", "lab", "population", "lifestyle", "completeness", "reassurance")
+# Card order within one indicator follows this list; "differential" and "medication" cards offer
+# another explanation (restless legs, a drug) and are not red flags.
+CATEGORIES = (
+    "red-flag",
+    "known-diagnosis",
+    "lab",
+    "medication",
+    "differential",
+    "population",
+    "lifestyle",
+    "completeness",
+    "reassurance",
+)
 PRIORITIES = ("routine", "urgent", "asap", "stat")
 SUPPRESSORS = (*CATEGORIES, "data-problems")
 SUMMARY_LIMIT = 140
+# A draft order's priority must be what the card says: these words on the card (summary or advice)
+# for each priority above routine; vague words that name no priority are refused in summaries.
+PRIORITY_WORDS = {"urgent": ("urgent",), "asap": ("as soon as possible",), "stat": ("immediate", "emergency")}
+VAGUE_WORDS = ("prompt", "promptly", "soon")
 RULE_KEYS = frozenset(
     [
         "id",
@@ -38,6 +54,8 @@ RULE_KEYS = frozenset(
         "exclusive",
         "stale",
         "also_show",
+        "replaced_by",
+        "withholds_routine",
     ]
 )
 VARIANT_KEYS = frozenset(["when", "indicator", "summary", "advice", "priority", "suggestions"])
@@ -89,6 +107,8 @@ class Rule:
     exclusive: bool = False
     stale: Variant | None = None  # applied when every lab result behind the card is stale
     also_show: tuple[str, ...] = ()  # facts shown as evidence whenever known (e.g. a drug name)
+    replaced_by: tuple[str, ...] = ()  # rule ids: when one of them fires, this card is not shown
+    withholds_routine: bool = False  # an emergency: no routine order is offered beside it
     file: str = ""
 
     @property
@@ -132,6 +152,21 @@ def _check_summary(summary: Any, where: str) -> str:
     if len(summary) >= SUMMARY_LIMIT:
         raise RuleSetError(f"{where}: summary has {len(summary)} characters (limit {SUMMARY_LIMIT - 1})")
     return summary
+
+
+def _check_priority_words(summary: str, advice: str, suggestions: tuple[Suggestion, ...], where: str) -> None:
+    """Refuse a card whose draft orders are more urgent than its words (or words with no priority)."""
+    text = f"{summary}\n{advice}".lower()
+    for suggestion in suggestions:
+        words = PRIORITY_WORDS.get(suggestion.priority, ())
+        if words and not any(w in text for w in words):
+            raise RuleSetError(
+                f"{where}: {suggestion.order} is ordered {suggestion.priority!r} but the card's"
+                f" words do not say so (expected one of {list(words)})"
+            )
+    vague = [w for w in VAGUE_WORDS if re.search(rf"\b{w}\b", summary.lower())]
+    if vague:
+        raise RuleSetError(f"{where}: summary says {vague[0]!r}, which names no priority")
 
 
 def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactSpec], where: str) -> Rule:
@@ -205,6 +240,19 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
     if bad:
         raise RuleSetError(f"{where}: suppressed_by {bad} not in {SUPPRESSORS}")
     stale = variants.pop() if stale_raw else None
+    summary = _check_summary(raw.get("summary"), where)
+    advice = str(raw["advice"]).strip()
+    suggestions = _suggestions(raw.get("suggestions"), reference, where)
+    _check_priority_words(summary, advice, suggestions, where)
+    for i, variant in enumerate(variants):
+        wanted = variant.suggestions if variant.suggestions is not None else suggestions
+        wanted = tuple(
+            Suggestion(s.order, variant.priority.get(s.order, s.priority), s.reason) for s in wanted
+        )
+        _check_priority_words(
+            variant.summary or summary, variant.advice or advice, wanted, f"{where} variant {i}"
+        )
+    replaced_by = tuple(str(r) for r in raw.get("replaced_by") or ())
     return Rule(
         id=rule_id,
         version=str(raw["version"]),
@@ -214,15 +262,17 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
         logic=logic,
         sources=sources,
         when=when,
-        summary=_check_summary(raw.get("summary"), where),
-        advice=str(raw["advice"]).strip(),
-        suggestions=_suggestions(raw.get("suggestions"), reference, where),
+        summary=summary,
+        advice=advice,
+        suggestions=suggestions,
         advice_by_fact=advice_by_fact,
         variants=tuple(variants),
         suppressed_by=suppressed_by,
         exclusive=bool(raw.get("exclusive", False)),
         stale=stale,
         also_show=also_show,
+        replaced_by=replaced_by,
+        withholds_routine=bool(raw.get("withholds_routine", False)),
         file=where,
     )
 
@@ -233,7 +283,10 @@ def load_ruleset(rules_dir: Path, local_lab_codes: Path | None = None) -> RuleSe
         reference = load_reference(rules_dir / "reference", local_lab_codes)
     except (ValueError, KeyError, TypeError) as exc:
         raise RuleSetError(f"reference data: {exc}") from exc
-    registry = fact_registry(reference)
+    try:
+        registry = fact_registry(reference)
+    except ValueError as exc:
+        raise RuleSetError(f"reference data: {exc}") from exc
     rules: list[Rule] = []
     files = sorted((rules_dir / "set").glob("*.yaml"))
     if not files:
@@ -250,4 +303,8 @@ def load_ruleset(rules_dir: Path, local_lab_codes: Path | None = None) -> RuleSe
             if key in seen:
                 raise RuleSetError(f"{rule.file}: duplicate rule id {rule.id!r} (also {seen[key]})")
             seen[key] = rule.file
+    for rule in rules:
+        unknown = [r for r in rule.replaced_by if r not in seen or r == rule.id]
+        if unknown:
+            raise RuleSetError(f"{rule.file}: replaced_by names unknown rules {unknown}")
     return RuleSet(tuple(rules), reference, registry)

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
-from service.engine.reference import LOINC, Questionnaire, ReferenceData
+from service.engine.reference import Measurement, Questionnaire, ReferenceData
 from service.errors import Issue
 from service.facts.labs import LAB_STATUSES, LabReader, Unusable, effective_date
 from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
 from service.fhir.dates import fhir_date
-from service.fhir.intake import SLEEP_DURATION_LOINC, Intake
+from service.fhir.intake import Intake
 
 RESPONSE_STATUSES = frozenset({"completed", "amended", "in-progress"})
 ACTIVE_ORDER_STATUSES = frozenset({"draft", "active", "on-hold"})
 INACTIVE_CONDITION = frozenset({"inactive", "remission", "resolved"})
 UNCONFIRMED = frozenset({"refuted", "entered-in-error"})
 OBS_FINDING_STATUSES = frozenset({"preliminary", "final", "amended", "corrected"})
-BODY_REGIONS = {
-    "thigh": "leg", "calf": "leg", "foot": "leg",
-    "arm": "arm", "hand": "arm",
-    "face": "head", "eyelid": "head", "tongue": "head",
-    "trunk": "trunk",
-}  # fmt: skip
+ACTIVE_MEDICATION_STATUSES = frozenset({"active"})
 
 
 def _ref(resource: Any) -> str:
@@ -79,7 +75,15 @@ class FactExtractor:
         self.questionnaire: Questionnaire = reference.questionnaire
         self.questionnaire_url = questionnaire_url
         self.labs = LabReader(reference)
-        self.sleep_codes = {(LOINC, SLEEP_DURATION_LOINC)}
+        self.measurements = reference.measurement_by_code()
+        medications = reference.medications
+        self.drug_by_code: dict[tuple[str, str], str] = {
+            c.key(): i.id for i in medications.ingredients.values() for c in i.codes
+        }
+        self.drug_by_name = {n: i.id for i in medications.ingredients.values() for n in i.names}
+        # One pass over a medication's text finds every ingredient named in it, as whole words.
+        names = sorted(self.drug_by_name, key=len, reverse=True)
+        self.drug_names = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
         self.finding_facts: dict[tuple[str, str], str] = {
             c.key(): fact for fact, codes in reference.findings.items() for c in codes
         }
@@ -235,8 +239,11 @@ class FactExtractor:
         latest: dict[str, LabResult] = {}
         unusable: list[Unusable] = []
         for obs, path in intake.observations:
-            if self._is_sleep(obs):
-                self._read_sleep(obs, builder)
+            measurement = next(
+                (self.measurements[k] for k in _codes(obs.code) if k in self.measurements), None
+            )
+            if measurement is not None:
+                self._read_measurement(obs, measurement, builder)
                 continue
             read = self.labs.read(obs, path, sex, facts.today)
             if read is None and self.labs.analyte(obs) is None and not self._is_finding(obs):
@@ -293,30 +300,92 @@ class FactExtractor:
         if estimate is not None:
             latest[rule.adjusted] = estimate
 
-    def _is_sleep(self, obs: Any) -> bool:
-        return any(key in self.sleep_codes for key in _codes(obs.code))
-
     def _is_finding(self, obs: Any) -> bool:
         keys = [*_codes(obs.code), *_codes(obs.valueCodeableConcept)]
         return any(key in self.finding_facts for key in keys)
 
-    def _read_sleep(self, obs: Any, builder: FactBuilder) -> None:
+    def _read_measurement(self, obs: Any, measurement: Measurement, builder: FactBuilder) -> None:
         quantity = obs.valueQuantity
         if obs.status not in LAB_STATUSES or quantity is None or quantity.value is None:
             return
-        if (quantity.code or quantity.unit) not in ("h", "hours", "hour"):
+        factor = measurement.unit_factors.get(quantity.code or quantity.unit or "")
+        if factor is None:
             return
+        value = float(quantity.value) * factor
         when = self._effective(obs)
+        spec = self.questionnaire.items[measurement.fact]
         builder.add(
-            "sleep-hours",
-            float(quantity.value),
+            measurement.fact,
+            value,
             Evidence(
-                "Sleep duration",
-                f"{_fmt_number(float(quantity.value))} h",
+                measurement.code.display or spec.label,
+                f"{_fmt_number(round(value, 2))} {measurement.unit}",
                 _ref(obs),
                 when.isoformat() if when else None,
             ),
         )
+
+    # -- medications -------------------------------------------------------------------------
+    @staticmethod
+    def _drug_concept(resource: Any) -> tuple[Any | None, str | None]:
+        """The medication's CodeableConcept, from the resource or a contained Medication."""
+        if resource.medicationCodeableConcept is not None:
+            return resource.medicationCodeableConcept, None
+        reference = resource.medicationReference
+        target = reference.reference if reference is not None else None
+        if target and target.startswith("#"):
+            for contained in resource.contained or ():
+                if contained.get_resource_type() == "Medication" and contained.id == target[1:]:
+                    return contained.code, None
+        display = reference.display if reference is not None else None
+        return None, display or target
+
+    def _read_medications(self, intake: Intake, facts: PatientFacts, builder: FactBuilder) -> None:
+        medications = self.reference.medications
+        for resource, path in intake.medications:
+            if resource.status not in ACTIVE_MEDICATION_STATUSES:
+                continue  # stopped, completed, entered-in-error...: not what the patient takes now
+            concept, referenced = self._drug_concept(resource)
+            if concept is None:
+                facts.problems.append(
+                    Issue(
+                        f"{resource.get_resource_type()}: the medicine is named only by a reference"
+                        f" ({referenced or 'none'}) to a Medication that was not sent; not read",
+                        f"{path}.medicationReference",
+                        severity="warning",
+                        code="incomplete",
+                    )
+                )
+                continue
+            found: dict[str, str] = {}  # ingredient -> how it was matched
+            for system, code in _codes(concept):
+                coded = self.drug_by_code.get((system, code))
+                if coded:
+                    short = "RxNorm" if "rxnorm" in system else "ATC"
+                    found.setdefault(coded, f"{short} {code}")
+            texts = [concept.text or "", *(c.display or "" for c in concept.coding or ())]
+            for text in texts:
+                for match in self.drug_names.finditer(text):
+                    found.setdefault(self.drug_by_name[match.group(1).lower()], "matched by name")
+            if not found:
+                continue
+            shown = concept.text or next((c.display for c in concept.coding or () if c.display), "")
+            when = fhir_date(
+                getattr(resource, "authoredOn", None)
+                or getattr(resource, "effectiveDateTime", None)
+                or getattr(resource, "dateAsserted", None)
+            )
+            for ingredient_id, how in found.items():
+                ingredient = medications.ingredients[ingredient_id]
+                drug_class = medications.classes[ingredient.drug_class]
+                evidence = Evidence(
+                    f"Medicine ({drug_class.label})",
+                    f"{shown or ingredient.id} ({ingredient.id}; {how})",
+                    _ref(resource),
+                    when.isoformat() if when else None,
+                )
+                for fact in drug_class.facts:
+                    builder.add(fact, True, evidence)
 
     # -- orders ------------------------------------------------------------------------------
     def _read_orders(self, intake: Intake, facts: PatientFacts, drafts: list[Any]) -> None:
@@ -360,14 +429,23 @@ class FactExtractor:
         self._read_findings(intake, builder)
         self._read_labs(intake, facts, builder, sex)
         self._read_orders(intake, facts, drafts or [])
+        self._read_medications(intake, facts, builder)
         facts.facts = builder.build()
         self._derive(facts)
         return facts
 
     def _derive(self, facts: PatientFacts) -> None:
+        # Known either way: no abnormal latest result (or no result at all) is false, not unknown.
+        abnormal = [
+            lab.evidence() for lab in facts.labs.values() if lab.status in ("low", "high", "abnormal")
+        ]
+        facts.facts["abnormal-lab-on-record"] = Fact(
+            "abnormal-lab-on-record", bool(abnormal), tuple(abnormal)
+        )
         areas = facts.get("body-areas")
         if areas is not None and isinstance(areas.value, tuple):
-            regions = {BODY_REGIONS[a] for a in areas.value}
+            body = self.reference.body_areas
+            regions = {body[a].region for a in areas.value if body[a].counts_for_spreading}
             facts.facts["multiple-body-regions"] = Fact(
                 "multiple-body-regions", len(regions) >= 2, areas.evidence
             )

@@ -13,12 +13,8 @@ DERIVED = (
     FactSpec("age-years", "number", "Age (years)"),
     FactSpec("sex", "choice", "Sex", ("male", "female", "other", "unknown")),
     FactSpec("multiple-body-regions", "boolean", "Twitching in more than one body region"),
+    FactSpec("abnormal-lab-on-record", "boolean", "An abnormal lab result on record"),
 )
-
-_FINDING_LABELS = {
-    "restless-legs-diagnosed": "Restless legs syndrome on record",
-    "motor-neuron-disease-diagnosed": "Motor neuron disease on record",
-}
 
 
 def fact_registry(reference: ReferenceData) -> dict[str, FactSpec]:
@@ -29,9 +25,18 @@ def fact_registry(reference: ReferenceData) -> dict[str, FactSpec]:
         registry[item.link_id] = FactSpec(item.link_id, kind, item.label, item.options)
     for spec in DERIVED:
         registry[spec.name] = spec
+    for drug_fact, drug_label in reference.medications.facts.items():
+        if drug_fact in registry:
+            raise ValueError(f"medications fact {drug_fact!r} is already a question or derived fact")
+        registry[drug_fact] = FactSpec(drug_fact, "boolean", drug_label)
     for fact in reference.findings:
         if fact not in registry:
-            registry[fact] = FactSpec(fact, "boolean", _FINDING_LABELS.get(fact, fact))
+            label = reference.finding_labels.get(fact)
+            if label is None:
+                raise ValueError(
+                    f"findings {fact}: neither a question nor a derived fact, so it needs a label"
+                )
+            registry[fact] = FactSpec(fact, "boolean", label)
         elif registry[fact].kind != "boolean":
             raise ValueError(f"finding {fact!r} maps onto a non-boolean question")
     return registry

@@ -13,12 +13,14 @@ from typing import Any, NamedTuple
 import orjson
 import pydantic
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from service.engine.reference import LOINC, ReferenceData
+from service.engine.reference import ReferenceData
 from service.errors import Issue
 from service.fhir.dates import fhir_date
 from service.fhir.raw import scalar_text
@@ -30,6 +32,8 @@ MODELS: dict[str, type[Any]] = {
     "QuestionnaireResponse": QuestionnaireResponse,
     "Condition": Condition,
     "ServiceRequest": ServiceRequest,
+    "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
 }
 
 # Required codes whose value sets fhir.resources does not enforce (R4 value sets).
@@ -52,9 +56,13 @@ STATUS_VALUES: dict[str, frozenset[str]] = {
     "ServiceRequest": frozenset(
         ["draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"]
     ),
+    "MedicationRequest": frozenset(
+        ["active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"]
+    ),
+    "MedicationStatement": frozenset(
+        ["active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken"]
+    ),
 }
-
-SLEEP_DURATION_LOINC = "93832-4"
 
 
 class Located(NamedTuple):
@@ -74,6 +82,7 @@ class Intake:
     responses: list[tuple[QuestionnaireResponse, str]] = field(default_factory=list)
     conditions: list[tuple[Condition, str]] = field(default_factory=list)
     service_requests: list[tuple[ServiceRequest, str]] = field(default_factory=list)
+    medications: list[tuple[MedicationRequest | MedicationStatement, str]] = field(default_factory=list)
     problems: list[Issue] = field(default_factory=list)
     patient_problems: list[Issue] = field(default_factory=list)  # an unusable Patient: no evaluation
 
@@ -85,6 +94,8 @@ class Intake:
             "QuestionnaireResponse": self.responses,
             "Condition": self.conditions,
             "ServiceRequest": self.service_requests,
+            "MedicationRequest": self.medications,
+            "MedicationStatement": self.medications,
         }[resource_type]  # type: ignore[return-value]
 
 
@@ -94,10 +105,9 @@ class Selector:
     def __init__(self, reference: ReferenceData) -> None:
         by_code = reference.analyte_by_code()
         self.analyte_of = {key: analyte.id for key, analyte in by_code.items()}
+        self.measurement_codes = frozenset(m.code.key() for m in reference.measurements.values())
         self.lab_codes = (
-            frozenset(by_code)
-            | frozenset(reference.analyte_by_other_specimen())
-            | {(LOINC, SLEEP_DURATION_LOINC)}
+            frozenset(by_code) | frozenset(reference.analyte_by_other_specimen()) | self.measurement_codes
         )
         self.finding_codes = frozenset(c.key() for codes in reference.findings.values() for c in codes)
         names = sorted({n for a in reference.analytes.values() for n in a.names}, key=len, reverse=True)
@@ -130,7 +140,7 @@ class Selector:
             return None
         findings = self.finding_codes
         for key in codes:
-            if key in findings or key == (LOINC, SLEEP_DURATION_LOINC):
+            if key in findings or key in self.measurement_codes:
                 return None
         for key in self._codes(resource.get("valueCodeableConcept")):
             if key in findings:
@@ -163,7 +173,13 @@ class Selector:
         """Whether the rules read a resource, and its lab group (see _lab_group): codes read once."""
         # Plain loops: this runs for every prefetched resource, a thousand on a big call.
         kind = resource.get("resourceType")
-        if kind in ("Patient", "QuestionnaireResponse", "ServiceRequest"):
+        if kind in (
+            "Patient",
+            "QuestionnaireResponse",
+            "ServiceRequest",
+            "MedicationRequest",
+            "MedicationStatement",
+        ):
             return True, None
         findings = self.finding_codes
         if kind == "Observation":
