@@ -436,8 +436,19 @@ class FactExtractor:
 
     def _derive(self, facts: PatientFacts) -> None:
         # Known either way: no abnormal latest result (or no result at all) is false, not unknown.
+        # A total calcium is judged through the adjusted calcium when one as new exists (reported
+        # or estimated from albumin): its own range no longer decides whether it is abnormal.
+        ca = self.reference.calcium_adjustment
+        adjusted, total = facts.labs.get(ca.adjusted), facts.labs.get(ca.total)
+        superseded = (
+            {ca.total}
+            if adjusted and total and (adjusted.effective or date.min) >= (total.effective or date.min)
+            else set()
+        )
         abnormal = [
-            lab.evidence() for lab in facts.labs.values() if lab.status in ("low", "high", "abnormal")
+            lab.evidence()
+            for name, lab in facts.labs.items()
+            if lab.status in ("low", "high", "abnormal") and name not in superseded
         ]
         facts.facts["abnormal-lab-on-record"] = Fact(
             "abnormal-lab-on-record", bool(abnormal), tuple(abnormal)
