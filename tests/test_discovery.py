@@ -53,7 +53,7 @@ def test_prefetch_asks_for_exactly_what_the_rules_read(client: FlaskClient) -> N
             assert code.code in codes, f"{analyte.id} {code.code} not prefetched"
     assert "6298-4" in codes  # the Blood variant Synthea records use
     assert "1000651000000109" in codes  # UK SNOMED CT serum potassium
-    assert len(prefetch["observations"]) < 3500
+    assert len(prefetch["observations"]) < 4500
     assert prefetch["questionnaireResponses"].startswith(
         "QuestionnaireResponse?patient={{context.patientId}}"
     )

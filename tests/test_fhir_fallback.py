@@ -293,7 +293,7 @@ def test_only_fhir_server_gives_the_prefetch_cards(
         assert request.headers["Accept"] == "application/fhir+json"
     (observations,) = fake.of_type("Observation")
     assert observations.query["patient"] == f"Patient/{PATIENT}"
-    assert "http://loinc.org|2823-3" in observations.query["code"].split(",")
+    assert "2823-3" in observations.query["code"].split(",")
     assert observations.query["_count"] == "100"
 
 

@@ -416,7 +416,7 @@ SCENARIOS = [
         mentions=["lansoprazole; RxNorm 17128"],
         extra=[
             medication("low-magnesium-on-lansoprazole", 1, "Lansoprazole 30 MG", rxnorm="17128"),
-            lab("low-magnesium-on-lansoprazole", 1, "19123-9", 1.1, "mg/dL", 1.7, 2.2),
+            lab("low-magnesium-on-lansoprazole", 1, "19123-9", 1.4, "mg/dL", 1.7, 2.2),
         ],
     ),
     _s(
