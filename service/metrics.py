@@ -60,6 +60,10 @@ FETCH_FAILURES = Counter(
     "Prefetch keys the fallback fetch could not fill, by FHIR issue code (timeout, forbidden, ...).",
     ["code"],
 )
+FETCH_RETRIES = Counter(
+    "twitch_cds_fhir_fetch_retries",
+    "GETs to the EHR's FHIR server made once more after a connection error (reset, refused, dropped).",
+)
 
 
 def count_cards(cards: Iterable[dict[str, Any]], rule_by_topic: dict[str, str]) -> None:

@@ -28,7 +28,7 @@ from service.cdshooks.prefetch import (
     read_prefetch,
 )
 from service.errors import Issue, MissingData
-from service.metrics import observe_fetch
+from service.metrics import FETCH_RETRIES, observe_fetch
 
 log = logging.getLogger("twitch_cds.fetch")
 # urllib3 logs every request URL at DEBUG, and a search URL names the patient: never below INFO.
@@ -479,25 +479,7 @@ class FhirFetcher:
             if not run.base.holds_url(url):  # the first URL always is: this stops redirects
                 away = f"the FHIR server redirected the {run.what} away from fhirServer; not followed"
                 raise _Failed(Failure(away, "security"))
-            remaining = run.deadline - time.perf_counter()
-            if remaining <= 0:
-                raise _Failed(self._timeout())
-            headers = {"Authorization": f"Bearer {run.token}"} if run.token else {}
-            run.request_count += 1
-            try:
-                response = session.get(
-                    url, headers=headers, timeout=(remaining, remaining), stream=True, allow_redirects=False
-                )
-            except requests.Timeout as exc:
-                raise _Failed(self._timeout()) from exc
-            except requests.ConnectionError as exc:
-                raise _Failed(
-                    Failure(f"could not connect to the FHIR server for the {run.what}", "transient")
-                ) from exc
-            except requests.RequestException as exc:
-                raise _Failed(
-                    Failure(f"the {run.what} request to the FHIR server failed", "exception")
-                ) from exc
+            response = self._send(session, run, url)
             with response:
                 location = response.headers.get("Location")
                 if response.status_code in REDIRECTS and location:
@@ -509,6 +491,34 @@ class FhirFetcher:
         raise _Failed(
             Failure(f"the FHIR server redirected the {run.what} more than {MAX_REDIRECTS} times", "security")
         )
+
+    def _send(self, session: requests.Session, run: _Run, url: str) -> requests.Response:
+        """One GET within the deadline; on a connection error (a reset, a dropped keep-alive
+        connection, a refused connect) it is made once more, as a GET may be, if time is left."""
+        headers = {"Authorization": f"Bearer {run.token}"} if run.token else {}
+        for attempt in (1, 2):
+            remaining = run.deadline - time.perf_counter()
+            if remaining <= 0:
+                raise _Failed(self._timeout())
+            run.request_count += 1
+            try:
+                return session.get(
+                    url, headers=headers, timeout=(remaining, remaining), stream=True, allow_redirects=False
+                )
+            except requests.Timeout as exc:  # a connect timeout too: the budget is spent, no retry
+                raise _Failed(self._timeout()) from exc
+            except requests.ConnectionError as exc:
+                if attempt == 1:
+                    FETCH_RETRIES.inc()
+                    continue
+                raise _Failed(
+                    Failure(f"could not connect to the FHIR server for the {run.what}", "transient")
+                ) from exc
+            except requests.RequestException as exc:
+                raise _Failed(
+                    Failure(f"the {run.what} request to the FHIR server failed", "exception")
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _json(self, run: _Run, response: requests.Response) -> dict[str, Any]:
         media = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
