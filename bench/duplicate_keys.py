@@ -15,8 +15,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import _scenarios  # noqa: E402
-from service.web import parse_json  # noqa: E402
+from bench.run import _scenarios
+from service.web import parse_json
 
 REPEAT = 7
 
