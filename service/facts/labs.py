@@ -7,6 +7,7 @@ Issue with the reason, so the data card lists it and reassurance is withheld.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -24,6 +25,8 @@ INTERPRETATION_LOW = frozenset({"L", "LL", "LU", "<"})
 INTERPRETATION_HIGH = frozenset({"H", "HH", "HU", ">"})
 INTERPRETATION_CRITICAL = {"LL": "severe-low", "HH": "severe-high"}
 INTERPRETATION_ABNORMAL = frozenset({"A", "AA"})
+MAX_VALUE = 1e9  # past this no laboratory value is plausible (and formatting it could overflow)
+MAX_UNIT_LENGTH = 64  # a longer unit string is never parsed (parsing cost grows with length)
 SYSTEM_NAMES = {LOINC: "LOINC", SNOMED: "SNOMED CT"}
 FLAG_WORDS = {
     "L": "low", "LL": "critically low", "LU": "significantly low", "<": "below the measurable range",
@@ -180,6 +183,10 @@ class LabReader:
             return unusable("no numeric value", f"{path}.valueQuantity")
         raw_value = float(quantity.value)
         spelled = quantity.code or quantity.unit or ""
+        if not math.isfinite(raw_value) or abs(raw_value) > MAX_VALUE:
+            return unusable(f"value {raw_value:g} is not a plausible result", f"{path}.valueQuantity.value")
+        if len(spelled) > MAX_UNIT_LENGTH:
+            return unusable(f"unit of {len(spelled)} characters is not a unit", f"{path}.valueQuantity")
         shown_unit = quantity.unit or quantity.code or ""
         to_canonical = analyte.to_canonical(spelled) if spelled else None
         interp = {c for concept in obs.interpretation or () for _, c in _codes(concept)}
