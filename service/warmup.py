@@ -48,7 +48,7 @@ def dummy_request(evaluator: Evaluator, canonical_base: str) -> dict[str, Any]:
         "resourceType": "Observation",
         "id": "warm-up-lab",
         "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": next(iter(analyte.loinc))}]},
+        "code": {"coding": [{"system": analyte.codes[0].system, "code": analyte.codes[0].code}]},
         "subject": subject,
         "effectiveDateTime": "2020-01-01T00:00:00Z",
         "issued": "2020-01-01T00:00:00.000+00:00",

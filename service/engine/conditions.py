@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.engine.reference import NUMERIC_TESTS
 from service.facts.model import Evidence, PatientFacts
 
 # None means "unknown": a rule fires only when its condition is True.
@@ -83,13 +84,7 @@ class Compare:
         elif self.op == "equals":
             result = value == self.operand
         elif isinstance(value, float):
-            limit = float(self.operand)
-            result = {
-                "above": value > limit,
-                "below": value < limit,
-                "at_least": value >= limit,
-                "at_most": value <= limit,
-            }[self.op]
+            result = NUMERIC_TESTS[self.op](value, float(self.operand))
         else:
             return None, ()
         return result, fact.evidence
@@ -147,14 +142,7 @@ class LabCompare:
         lab = facts.labs.get(self.analyte) or facts.helper_labs.get(self.analyte)
         if lab is None or lab.value is None:
             return None, ()
-        value = lab.value
-        result = {
-            "above": value > self.limit,
-            "below": value < self.limit,
-            "at_least": value >= self.limit,
-            "at_most": value <= self.limit,
-        }[self.op]
-        return result, (lab.evidence(),)
+        return NUMERIC_TESTS[self.op](lab.value, self.limit), (lab.evidence(),)
 
     def fact_names(self) -> set[str]:
         """Labs are named by analyte."""
@@ -295,7 +283,7 @@ def parse_condition(raw: Any, registry: Mapping[str, FactSpec], analytes: Mappin
         analyte = analytes.get(raw["lab"])
         if analyte is None:
             raise ConditionError(f"unknown analyte {raw['lab']!r}")
-        ops = keys & {"above", "below", "at_least", "at_most"}
+        ops = keys & set(NUMERIC_TESTS)
         if ops:
             if len(ops) != 1 or not keys - ops <= {"lab", "unit"} or "unit" not in keys:
                 raise ConditionError(

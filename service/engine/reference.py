@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,14 @@ class Range:
     high: float | None
 
 
-GRADE_OPS = ("below", "at_most", "above", "at_least", "above_uln_times")
+# The four numeric tests a rule or a grade may name, shared by every comparison in the rules.
+NUMERIC_TESTS: dict[str, Callable[[float, float], bool]] = {
+    "above": operator.gt,
+    "below": operator.lt,
+    "at_least": operator.ge,
+    "at_most": operator.le,
+}
+GRADE_OPS = (*NUMERIC_TESTS, "above_uln_times")
 
 
 @dataclass(frozen=True)
@@ -81,12 +90,7 @@ class Grade:
         """Whether a canonical value reaches this grade (ULN multiples need the range's upper limit)."""
         if self.op == "above_uln_times":
             return high is not None and value > self.value * high
-        return {
-            "below": value < self.value,
-            "at_most": value <= self.value,
-            "above": value > self.value,
-            "at_least": value >= self.value,
-        }[self.op]
+        return NUMERIC_TESTS[self.op](value, self.value)
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,6 @@ class Analyte:
     grades: tuple[Grade, ...]
     lookback_days: int
     judged: bool = True  # False: read only to derive another result (e.g. albumin for calcium)
-
-    @property
-    def loinc(self) -> dict[str, str]:
-        """LOINC code -> display."""
-        return {c.code: c.display for c in self.codes if c.system == LOINC}
 
     def default_range(self, sex: str | None) -> Range | None:
         """The example-lab range for this sex, or the sex-neutral one."""

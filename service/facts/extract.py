@@ -204,7 +204,7 @@ class FactExtractor:
             if obs.status not in OBS_FINDING_STATUSES:
                 continue
             keys = [*_codes(obs.code), *_codes(obs.valueCodeableConcept)]
-            when = self._effective(obs)
+            when = effective_date(obs)
             for key in keys:
                 fact = self.finding_facts.get(key)
                 if not fact:
@@ -227,10 +227,6 @@ class FactExtractor:
         return f"{coding.display} ({key[1]})"
 
     # -- labs --------------------------------------------------------------------------------
-    @staticmethod
-    def _effective(obs: Any) -> date | None:
-        return effective_date(obs)
-
     def usable_lab(self, obs: Any) -> bool:
         """True for a result _read_labs judges: final, with a value, in a unit converted here."""
         return self.labs.usable(obs)
@@ -245,9 +241,11 @@ class FactExtractor:
             if measurement is not None:
                 self._read_measurement(obs, measurement, builder)
                 continue
-            read = self.labs.read(obs, path, sex, facts.today)
-            if read is None and self.labs.analyte(obs) is None and not self._is_finding(obs):
-                read = self.labs.lookalike(obs, path)
+            hit = self.labs.analyte(obs)  # once per Observation: read() is handed it
+            if hit is not None:
+                read: LabResult | Unusable | None = self.labs.read(obs, path, sex, facts.today, hit)
+            else:
+                read = None if self._is_finding(obs) else self.labs.lookalike(obs, path)
             if isinstance(read, Unusable):
                 unusable.append(read)
                 continue
@@ -312,7 +310,7 @@ class FactExtractor:
         if factor is None:
             return
         value = float(quantity.value) * factor
-        when = self._effective(obs)
+        when = effective_date(obs)
         spec = self.questionnaire.items[measurement.fact]
         builder.add(
             measurement.fact,

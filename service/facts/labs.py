@@ -154,9 +154,16 @@ class LabReader:
             return False
         return hit[0].to_canonical(quantity.code or quantity.unit or "") is not None
 
-    def read(self, obs: Any, path: str, sex: str | None, today: date) -> LabResult | Unusable | None:
+    def read(
+        self,
+        obs: Any,
+        path: str,
+        sex: str | None,
+        today: date,
+        hit: tuple[Analyte, LabCode] | None = None,
+    ) -> LabResult | Unusable | None:
         """One recognised Observation as a LabResult, or why it cannot be used (None: retracted)."""
-        hit = self.analyte(obs)
+        hit = hit or self.analyte(obs)
         if hit is None or obs.status in RETRACTED_STATUSES:
             return None
         analyte, lab_code = hit
