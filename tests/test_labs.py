@@ -233,6 +233,159 @@ def test_range_is_shown_in_the_unit_the_lab_sent() -> None:
     assert result.converted == "1.34 mg/dL"
 
 
+INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+def _flag(code: str) -> list[dict[str, Any]]:
+    return [{"coding": [{"system": INTERP, "code": code}]}]
+
+
+def _read(code: str, value: float, unit: str, sex: str | None = None, **extra: Any) -> LabResult:
+    result = READER.read(observation(LOINC, code, value, unit, **extra), "o", sex, TODAY)
+    assert isinstance(result, LabResult), result
+    return result
+
+
+@pytest.mark.parametrize(
+    ("value", "extra", "status", "grades"),
+    [
+        (7.0, {"interpretation": _flag("N")}, "high", ("severe-high",)),  # the threshold beats an N flag
+        (
+            7.0,
+            {"referenceRange": [{"low": {"value": 3.5}, "high": {"value": 7.5}}]},
+            "high",
+            ("severe-high",),
+        ),
+        (2.0, {"interpretation": _flag("H")}, "low", ("severe-low",)),  # and a contradicting H flag
+        (6.0, {"interpretation": _flag("AA")}, "high", ("severe-high",)),  # AA takes the value's side
+        (3.0, {"interpretation": _flag("AA")}, "low", ("severe-low",)),
+        (4.4, {"interpretation": _flag("AA")}, "abnormal", ()),  # no side: abnormal, with a note
+        (6.0, {"interpretation": _flag("HH")}, "high", ("severe-high",)),
+        (6.0, {"interpretation": _flag("N")}, "normal", ()),  # below every grade the lab's N stands
+    ],
+)
+def test_severe_thresholds_and_critical_flags_set_the_direction(
+    value: float, extra: dict[str, Any], status: str, grades: tuple[str, ...]
+) -> None:
+    """Potassium: past a guideline threshold the value decides; a critical flag reaches the severe grade."""
+    result = _read("2823-3", value, "mmol/L", **extra)
+    assert (result.status, result.grades) == (status, grades)
+    if status == "abnormal":
+        assert result.note is not None
+        assert "no range shows which way" in result.note.diagnostics
+
+
+def test_a_range_bound_without_a_unit_is_in_the_value_unit() -> None:
+    """Calcium 2.9 mmol/L against 2.2–2.6 without units: high (not read as 2.2 mg/dL = 0.55 mmol/L)."""
+    rr = [{"low": {"value": 2.2}, "high": {"value": 2.6}}]
+    result = _read("2000-8", 2.9, "mmol/L", referenceRange=rr)
+    assert result.status == "high"
+    assert result.range_text.startswith("2.2–2.6 mmol/L, record's range")
+
+
+@pytest.mark.parametrize(
+    ("code", "comparator", "value", "unit", "status", "grades"),
+    [
+        ("3016-3", "<", 0.01, "mIU/L", "low", ()),  # below the lower limit: low for certain
+        ("2157-6", ">", 2000, "U/L", "high", ("marked-high",)),  # above 5x the upper limit
+        ("19123-9", "<", 2.0, "mg/dL", "unknown", ()),  # inside the range: could be low or normal
+        ("2157-6", ">", 0.5, "U/L", "unknown", ()),
+        ("2823-3", "<", 2.0, "mmol/L", "low", ("severe-low",)),
+        ("2823-3", ">", 2.0, "mmol/L", "unknown", ()),  # ">2.0" never reaches the low grade
+    ],
+)
+def test_a_value_given_as_a_bound_is_judged_only_where_the_range_decides(
+    code: str, comparator: str, value: float, unit: str, status: str, grades: tuple[str, ...]
+) -> None:
+    """valueQuantity.comparator: "<0.01" is below the range; "<2.0" inside it is not judged, and says so."""
+    result = READER.read(
+        observation(
+            LOINC, code, None, None, valueQuantity={"value": value, "unit": unit, "comparator": comparator}
+        ),
+        "o",
+        None,
+        TODAY,
+    )
+    assert isinstance(result, LabResult)
+    assert (result.status, result.grades) == (status, grades)
+    assert result.shown_value.startswith(comparator)
+    if status == "unknown":
+        assert result.note is not None
+        assert "is a bound" in result.note.diagnostics
+
+
+SEXED = [
+    {
+        "low": {"value": 2.0},
+        "high": {"value": 3.0},
+        "appliesTo": [{"coding": [{"system": "http://snomed.info/sct", "code": "248152002"}]}],
+    },
+    {
+        "low": {"value": 3.5},
+        "high": {"value": 5.0},
+        "appliesTo": [{"coding": [{"system": "http://snomed.info/sct", "code": "248153007"}]}],
+    },
+    {"low": {"value": 1.0}, "high": {"value": 9.0}, "appliesTo": [{"text": "non-black/african-american"}]},
+]
+
+
+@pytest.mark.parametrize(("sex", "status"), [("male", "low"), ("female", "normal"), (None, "low")])
+def test_a_range_for_one_sex_applies_to_that_sex_only(sex: str | None, status: str) -> None:
+    """referenceRange.appliesTo Male/Female (SNOMED CT, FHIR's value set); other populations are skipped."""
+    result = _read("2823-3", 3.0, "mmol/L", sex=sex, referenceRange=SEXED)
+    assert result.status == status
+    if sex is None:
+        assert "record's range" not in result.range_text  # no sexed range is the patient's: the default
+
+
+def test_a_therapeutic_range_is_not_the_normal_range() -> None:
+    """referenceRange.type therapeutic: skipped, so the default range judges 5.6 mmol/L as high."""
+    meaning = "http://terminology.hl7.org/CodeSystem/referencerange-meaning"
+    rr = [
+        {
+            "low": {"value": 3},
+            "high": {"value": 6},
+            "type": {"coding": [{"system": meaning, "code": "therapeutic"}]},
+        }
+    ]
+    assert _read("2823-3", 5.6, "mmol/L", referenceRange=rr).status == "high"
+    rr[0]["type"] = {"coding": [{"system": meaning, "code": "normal"}]}
+    assert _read("2823-3", 5.6, "mmol/L", referenceRange=rr).status == "normal"
+
+
+def test_a_unit_coded_in_another_system_is_read_by_its_readable_unit() -> None:
+    """valueQuantity.system SNOMED CT (258813002) is not UCUM: the readable unit "mmol/L" is parsed."""
+    quantity = {"value": 6.9, "unit": "mmol/L", "system": "http://snomed.info/sct", "code": "258813002"}
+    result = READER.read(observation(LOINC, "2823-3", None, None, valueQuantity=quantity), "o", None, TODAY)
+    assert isinstance(result, LabResult)
+    assert (result.status, result.grades) == ("high", ("severe-high",))
+
+
+def test_an_analyte_alias_matches_in_any_case() -> None:
+    """TSH in "mU/l" (the alias is "mU/L"): converted, not refused."""
+    assert REFERENCE.analytes["tsh"].to_canonical("mU/l") == pytest.approx(1.0)
+    assert _read("3016-3", 12, "MU/L").status == "high"
+
+
+def test_ionised_magnesium_is_its_own_analyte() -> None:
+    """2600-5 is ionised magnesium: never judged against total magnesium's range (0.5 is normal ionised)."""
+    result = _read("2600-5", 0.5, "mmol/L")
+    assert (result.analyte, result.status) == ("magnesium-ionised", "unknown")
+
+
+def test_every_abnormal_direction_of_a_judged_result_is_named_by_a_rule(tmp_path: Path) -> None:
+    """Drop high vitamin B12 from lab-abnormal-other: the rule set refuses to start, naming the gap."""
+    rules = _rules_copy(tmp_path)
+
+    def drop(data: dict[str, Any]) -> None:
+        parts = data["when"]["all"][1]["any"]
+        parts.remove({"lab": "vitamin-b12", "is": "high"})
+
+    _edit_yaml(rules / "set" / "lab-abnormal-other.yaml", drop)
+    with pytest.raises(RuleSetError, match="vitamin-b12 high"):
+        load_ruleset(rules)
+
+
 # -- reference data that is wrong refuses to start --------------------------------------------------
 
 
@@ -269,6 +422,14 @@ def _edit_yaml(path: Path, change: Any) -> None:
         ("labs.yaml", lambda d: d["potassium"].update(names=[]), "names"),
         ("labs.yaml", lambda d: d["potassium"]["grades"][0].update(unit="mg"), "does not convert"),
         ("derived.yaml", lambda d: d["adjusted-calcium"].update(albumin="albumen"), "not an analyte"),
+        (
+            "lab-flags.yaml",
+            lambda d: d["interpretation"]["flags"]["LL"].update(direction="down"),
+            "a direction",
+        ),
+        ("lab-flags.yaml", lambda d: d["interpretation"].pop("source"), "needs a source"),
+        ("lab-flags.yaml", lambda d: d["applies_to_sex"]["codes"][0].update(sex="m"), "male or female"),
+        ("lab-flags.yaml", lambda d: d["range_meanings"].update(judged_against=[]), "is empty"),
     ],
 )
 def test_flawed_lab_reference_data_refuses_to_start(

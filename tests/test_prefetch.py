@@ -216,3 +216,19 @@ def test_a_paged_prefetch_search_without_fhir_server_is_said_and_withholds_reass
     assert card_rules(cards) == ["dataquality"]
     assert "prefetch.observations" in cards[0]["detail"]
     assert "first page of a longer search" in cards[0]["detail"]
+
+
+def test_a_paged_search_under_a_key_the_service_did_not_ask_for_is_said(client: FlaskClient) -> None:
+    """An EHR's own prefetch key with a next link cannot be re-read: the data card says so."""
+    bundle = load_json(EXAMPLES / "lab-low-potassium" / "near-miss-at-lower-limit.json")
+    call = bundle_to_hook_request(bundle)
+    extra = call["prefetch"].pop("observations")
+    extra["link"] = [
+        {"relation": "self", "url": "https://ehr.example.org/fhir/Observation?patient=p&_count=1"},
+        {"relation": "next", "url": "https://ehr.example.org/fhir/Observation?patient=p&_page=2"},
+    ]
+    call["prefetch"]["labResults"] = extra
+    cards = client.post("/cds-services/twitching-red-flags", json=call).get_json()["cards"]
+    assert card_rules(cards) == ["dataquality"]
+    assert "prefetch.labResults" in cards[0]["detail"]
+    assert "did not ask for that key" in cards[0]["detail"]

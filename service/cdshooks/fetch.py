@@ -580,6 +580,18 @@ def complete_prefetch(
     """Fetch what prefetch lacks into `content`; 412 when required data stays out of reach."""
     gaps = missing_keys(content, hook_request.prefetch)
     paged = {k: v for k, v in content.paged.items() if k in KEY_TYPES and k not in gaps}
+    for key in [k for k in content.paged if k not in KEY_TYPES]:
+        # A key this service did not ask for: its query is unknown, so it cannot be re-read.
+        content.notes.append(
+            Issue(
+                f"prefetch.{key} is the first page of a longer search (its Bundle has a next link);"
+                " this service did not ask for that key and cannot follow it, so later pages,"
+                " which may hold the newest results, were not read",
+                f"prefetch.{key}",
+                "warning",
+                "incomplete",
+            )
+        )
     if paged:
         if fetcher.refusal(hook_request.fhir_server) is None:
             # A searchset with a next link is one page of a longer result (Medplum's client sends

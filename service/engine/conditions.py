@@ -94,7 +94,8 @@ class Compare:
         return {self.name}
 
 
-LAB_STATES = ("low", "high", "abnormal", "absent")
+# "abnormal-no-direction": flagged abnormal (A, AA) by the laboratory with no range to say which way.
+LAB_STATES = ("low", "high", "abnormal", "abnormal-no-direction", "absent")
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ class LabIs:
             matches = lab.status == self.status
         elif self.status == "abnormal":
             matches = lab.status in ("low", "high", "abnormal")
+        elif self.status == "abnormal-no-direction":
+            matches = lab.status == "abnormal"
         else:
             matches = self.status in lab.grades
         if self.current is not None and lab.current != self.current:
@@ -163,6 +166,17 @@ class Not:
     def fact_names(self) -> set[str]:
         """What the inner condition reads."""
         return self.inner.fact_names()
+
+
+def lab_states(condition: Any) -> set[tuple[str, str]]:
+    """Every (analyte, state) a condition tree tests with LabIs (for the start-up coverage check)."""
+    if isinstance(condition, LabIs):
+        return {(condition.analyte, condition.status)}
+    if isinstance(condition, Not):
+        return lab_states(condition.inner)
+    if isinstance(condition, (All, AnyOf, CountOf)):
+        return set().union(*(lab_states(p) for p in condition.parts))
+    return set()
 
 
 @dataclass(frozen=True)

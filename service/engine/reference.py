@@ -20,7 +20,8 @@ CPT = "http://www.ama-assn.org/go/cpt"
 UCUM = "http://unitsofmeasure.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
-KNOWN_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, CPT, RXNORM, ATC, "local"})
+RANGE_MEANING = "http://terminology.hl7.org/CodeSystem/referencerange-meaning"
+KNOWN_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, CPT, RXNORM, ATC, RANGE_MEANING, "local"})
 
 
 # libyaml's safe loader when installed (7x faster on the lab-code tables), else the pure-Python one.
@@ -85,6 +86,11 @@ class Grade:
     value: float  # in the analyte's canonical unit (a multiple of the upper limit for above_uln_times)
     label: str
     source: str
+
+    @property
+    def direction(self) -> str:
+        """The side of the range the grade lies on: "low" or "high"."""
+        return "low" if self.op in ("below", "at_most") else "high"
 
     def applies(self, value: float, high: float | None) -> bool:
         """Whether a canonical value reaches this grade (ULN multiples need the range's upper limit)."""
@@ -246,6 +252,21 @@ class CalciumAdjustment:
 
 
 @dataclass(frozen=True)
+class LabFlags:
+    """lab-flags.yaml: interpretation flags, the range types judged against, sex-specific ranges."""
+
+    directions: dict[str, str]  # interpretation code -> "low", "high", "abnormal" or "normal"
+    words: dict[str, str]  # interpretation code -> words on the card
+    critical: frozenset[str]  # codes that reach the severe grade (LL, HH, AA)
+    range_meanings: frozenset[tuple[str, str]]  # referenceRange.type codes judged against
+    sex_codes: dict[tuple[str, str], str]  # referenceRange.appliesTo code -> "male" or "female"
+
+    def of(self, direction: str, codes: set[str]) -> set[str]:
+        """The codes among `codes` that mean `direction`."""
+        return {c for c in codes if self.directions.get(c) == direction}
+
+
+@dataclass(frozen=True)
 class ReferenceData:
     """All reference tables, cross-checked."""
 
@@ -260,6 +281,7 @@ class ReferenceData:
     override_reasons: tuple[tuple[str, str], ...]  # (code, display)
     medications: Medications
     calcium_adjustment: CalciumAdjustment
+    lab_flags: LabFlags
 
     def measurement_by_code(self) -> dict[tuple[str, str], Measurement]:
         """Map each measurement's (system, code) to it."""
@@ -373,7 +395,8 @@ def _analyte(analyte_id: str, raw: dict[str, Any], code_sources: set[str]) -> An
     chemistry = Chemistry(
         float(chem["molar_mass"]) if "molar_mass" in chem else None, int(chem.get("charge", 1))
     )
-    aliases = {str(k): str(v) for k, v in (raw.get("unit_aliases") or {}).items()}
+    # Keyed in lower case: feeds do not keep a spelling's case ("mU/l" for "mU/L").
+    aliases = {str(k).lower(): str(v) for k, v in (raw.get("unit_aliases") or {}).items()}
     for spelling, target in aliases.items():
         try:
             factor(target, unit, chemistry)
@@ -559,6 +582,7 @@ def load_reference(folder: Path, local_lab_codes: Path | None = None) -> Referen
     override_reasons = _override_reasons(_read(folder, "override-reasons.yaml"))
     medications = _medications(_read(folder, "medications.yaml"), sources)
     adjustment = _calcium_adjustment(_read(folder, "derived.yaml")["adjusted-calcium"], analytes, sources)
+    lab_flags = _lab_flags(_read(folder, "lab-flags.yaml"))
     for analyte in analytes.values():
         for grade in analyte.grades:
             if grade.source not in sources:
@@ -577,7 +601,48 @@ def load_reference(folder: Path, local_lab_codes: Path | None = None) -> Referen
         override_reasons,
         medications,
         adjustment,
+        lab_flags,
     )
+
+
+LAB_FLAG_DIRECTIONS = ("low", "high", "abnormal", "normal")
+
+
+def _lab_flags(raw: Any) -> LabFlags:
+    """lab-flags.yaml, cross-checked: every flag has a direction and words, every part a source."""
+    where = "lab-flags.yaml"
+    if not isinstance(raw, dict) or set(raw) != {"interpretation", "range_meanings", "applies_to_sex"}:
+        raise ReferenceDataError(f"{where}: interpretation, range_meanings and applies_to_sex are expected")
+    for part in raw.values():
+        if not isinstance(part, dict) or not part.get("source"):
+            raise ReferenceDataError(f"{where}: every part needs a source")
+    directions: dict[str, str] = {}
+    words: dict[str, str] = {}
+    critical: set[str] = set()
+    for code, entry in (raw["interpretation"].get("flags") or {}).items():
+        if (
+            not isinstance(entry, dict)
+            or entry.get("direction") not in LAB_FLAG_DIRECTIONS
+            or not entry.get("words")
+        ):
+            raise ReferenceDataError(f"{where} flag {code!r}: a direction of {LAB_FLAG_DIRECTIONS} and words")
+        directions[str(code)] = str(entry["direction"])
+        words[str(code)] = str(entry["words"])
+        if entry.get("critical"):
+            if entry["direction"] == "normal":
+                raise ReferenceDataError(f"{where} flag {code!r}: a normal flag cannot be critical")
+            critical.add(str(code))
+    if not {"low", "high"} <= set(directions.values()):
+        raise ReferenceDataError(f"{where}: flags for both directions are required")
+    meanings = frozenset(_coding(c, where).key() for c in raw["range_meanings"].get("judged_against") or ())
+    if not meanings:
+        raise ReferenceDataError(f"{where}: range_meanings.judged_against is empty")
+    sex_codes: dict[tuple[str, str], str] = {}
+    for entry in raw["applies_to_sex"].get("codes") or ():
+        if entry.get("sex") not in ("male", "female"):
+            raise ReferenceDataError(f"{where} applies_to_sex {entry.get('code')}: sex is male or female")
+        sex_codes[_coding(entry, where).key()] = str(entry["sex"])
+    return LabFlags(directions, words, frozenset(critical), meanings, sex_codes)
 
 
 def _medications(raw: Any, sources: dict[str, Source]) -> Medications:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from service.engine.conditions import Condition, ConditionError, FactSpec, parse_condition
+from service.engine.conditions import Condition, ConditionError, FactSpec, lab_states, parse_condition
 from service.engine.reference import ReferenceData, load_reference
 from service.facts.registry import fact_registry
 
@@ -307,4 +307,32 @@ def load_ruleset(rules_dir: Path, local_lab_codes: Path | None = None) -> RuleSe
         unknown = [r for r in rule.replaced_by if r not in seen or r == rule.id]
         if unknown:
             raise RuleSetError(f"{rule.file}: replaced_by names unknown rules {unknown}")
+    _check_lab_coverage(rules, reference)
     return RuleSet(tuple(rules), reference, registry)
+
+
+# Each way a judged result can be abnormal, and the LabIs states that name it on a card.
+LAB_DIRECTIONS = {
+    "low": {"low", "abnormal"},
+    "high": {"high", "abnormal"},
+    "abnormal-no-direction": {"abnormal-no-direction", "abnormal"},
+}
+
+
+def _check_lab_coverage(rules: list[Rule], reference: ReferenceData) -> None:
+    """Every judged analyte, abnormal either way, is named by some rule (never only withheld)."""
+    tested: set[tuple[str, str]] = set()
+    for rule in rules:
+        tested |= lab_states(rule.when)
+    missing = [
+        f"{analyte.id} {direction}"
+        for analyte in reference.analytes.values()
+        if analyte.judged
+        for direction, states in LAB_DIRECTIONS.items()
+        if not any((analyte.id, s) in tested for s in states)
+    ]
+    if missing:
+        raise RuleSetError(
+            f"labs: an abnormal result would be named by no card: {', '.join(missing)}; add each"
+            " to a rule's `when` (lab-abnormal-other names results without a rule of their own)"
+        )

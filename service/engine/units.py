@@ -65,15 +65,15 @@ def _token(token: str) -> str:
 
 
 def normalise(spelling: str, aliases: dict[str, str] | None = None) -> str:
-    """A feed's unit spelling as UCUM: analyte aliases first, then case, micro sign and spaces."""
+    """A feed's unit spelling as UCUM: analyte aliases (lower-case keys), then case, micro sign, spaces."""
     text = spelling.strip()
-    if aliases and text in aliases:
-        return aliases[text]
+    if aliases and text.lower() in aliases:
+        return aliases[text.lower()]
     text = text.replace("µ", "u").replace("μ", "u")  # micro sign and Greek mu
     text = _BSA.sub("/{1.73_m2}", text)
     text = re.sub(r"\s+", "", text)
-    if aliases and text in aliases:
-        return aliases[text]
+    if aliases and text.lower() in aliases:
+        return aliases[text.lower()]
     parts = re.split(r"([/.])", text)
     return "".join(p if p in "/." or p.startswith("{") else _token(p) for p in parts)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from service.engine.reference import Measurement, Questionnaire, ReferenceData
 from service.errors import Issue
-from service.facts.labs import LAB_STATUSES, LabReader, Unusable, effective_date
+from service.facts.labs import LAB_STATUSES, Component, LabReader, Unusable, effective_date
 from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
 from service.fhir.dates import fhir_date
 from service.fhir.intake import Intake
@@ -242,18 +242,28 @@ class FactExtractor:
                 self._read_measurement(obs, measurement, builder)
                 continue
             hit = self.labs.analyte(obs)  # once per Observation: read() is handed it
+            reads: list[LabResult | Unusable | None] = []
+            # A panel (e.g. a basic metabolic panel) carries its results in components: each
+            # component that names an analyte is read as a result of its own.
+            parts = self.labs.components(obs) if obs.component else []
+            for index, part_hit in parts:
+                part, part_path = Component(obs, index), f"{path}.component[{index}]"
+                if part_hit is not None:
+                    reads.append(self.labs.read(part, part_path, sex, facts.today, part_hit))
+                else:
+                    reads.append(self.labs.lookalike(part, part_path))
             if hit is not None:
-                read: LabResult | Unusable | None = self.labs.read(obs, path, sex, facts.today, hit)
-            else:
-                read = None if self._is_finding(obs) else self.labs.lookalike(obs, path)
-            if isinstance(read, Unusable):
-                unusable.append(read)
-                continue
-            if read is None:
-                continue
-            previous = latest.get(read.analyte)
-            if previous is None or (read.effective or date.min) > (previous.effective or date.min):
-                latest[read.analyte] = read
+                if not (parts and obs.valueQuantity is None):
+                    reads.append(self.labs.read(obs, path, sex, facts.today, hit))
+            elif not parts:
+                reads.append(None if self._is_finding(obs) else self.labs.lookalike(obs, path))
+            for read in reads:
+                if isinstance(read, Unusable):
+                    unusable.append(read)
+                elif read is not None:
+                    previous = latest.get(read.analyte)
+                    if previous is None or (read.effective or date.min) > (previous.effective or date.min):
+                        latest[read.analyte] = read
         self._adjust_calcium(latest, facts.today)
         for result in latest.values():
             if result.note is not None:
@@ -286,10 +296,16 @@ class FactExtractor:
         rule = self.reference.calcium_adjustment
         total, albumin = latest.get(rule.total), latest.get(rule.albumin)
         reported = latest.get(rule.adjusted)
-        if total is None or albumin is None or total.value is None or albumin.value is None:
+        if total is None:
             return
         if reported is not None and (reported.effective or date.min) >= (total.effective or date.min):
             return  # the laboratory's own adjusted calcium is as new: prefer it
+        if reported is not None:
+            # A newer total calcium is the latest calcium: an older adjusted one no longer speaks
+            # for it (else a current severe total would hide behind a stale adjusted result).
+            del latest[rule.adjusted]
+        if albumin is None or total.value is None or albumin.value is None:
+            return
         if total.effective is None or albumin.effective is None:
             return
         if abs((total.effective - albumin.effective).days) > rule.max_days_apart:
@@ -438,9 +454,13 @@ class FactExtractor:
         # or estimated from albumin): its own range no longer decides whether it is abnormal.
         ca = self.reference.calcium_adjustment
         adjusted, total = facts.labs.get(ca.adjusted), facts.labs.get(ca.total)
+        # The laboratory's own flag on the total still counts: it is never superseded.
         superseded = (
             {ca.total}
-            if adjusted and total and (adjusted.effective or date.min) >= (total.effective or date.min)
+            if adjusted
+            and total
+            and not total.flagged
+            and (adjusted.effective or date.min) >= (total.effective or date.min)
             else set()
         )
         abnormal = [

@@ -65,6 +65,9 @@ class LabResult:
     converted: str = ""  # the value in the canonical unit, when the record used another
     estimated: str = ""  # how a derived result was computed (e.g. adjusted calcium)
     note: Issue | None = None  # why it was judged only in part (also on the data card)
+    bounds: tuple[float | None, float | None] | None = None  # the range judged against, canonical unit
+    flags: tuple[str, ...] = ()  # the laboratory's interpretation codes
+    flagged: bool = False  # the laboratory flagged it low, high or abnormal
 
     def evidence(self) -> Evidence:
         """The result as card evidence: value, flag, range, grade, freshness and the code read."""

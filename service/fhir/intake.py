@@ -192,7 +192,15 @@ class Selector:
             for key in self._codes(resource.get("valueCodeableConcept")):
                 if key in findings:
                     return True, self._lab_group(resource, codes)
-            return self._names_analyte(code), None
+            if self._names_analyte(code):
+                return True, None
+            # A panel carries its results in components: read when one names an analyte.
+            for part in resource.get("component") or ():
+                if isinstance(part, dict):
+                    part_code = part.get("code")
+                    if any(k in labs for k in self._codes(part_code)) or self._names_analyte(part_code):
+                        return True, None
+            return False, None
         if kind == "Condition":
             for key in self._codes(resource.get("code")):
                 if key in findings:
