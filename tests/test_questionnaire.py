@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fhir.resources.R4B.questionnaire import Questionnaire
 from flask.testing import FlaskClient
 
-from tests.conftest import card_rules, shared, topic
+from service.app import create_app
+from tests.conftest import ROOT, card_rules, shared, topic
 
 CONTRACT_LINK_IDS = {
     "duration-days", "body-areas", "sides", "spreading", "worsening", "at-rest", "weakness",
@@ -134,3 +136,15 @@ def test_answers_to_version_1_0_0_are_still_read(client: FlaskClient) -> None:
     old = client.post("/evaluate", json=bundle("v100b", "1980-01-01", "male", none_said, version="1.0.0"))
     # The 1.1.0 items are unanswered, so unknown: they neither raise a card nor block reassurance.
     assert card_rules(old.get_json()["cards"]) == [topic("likely-benign")]
+
+
+def test_a_response_to_another_deployments_canonical_is_listed_not_dropped() -> None:
+    """With CANONICAL_BASE set, a response naming the default canonical is on the data card, never silent."""
+    app = create_app(
+        {"TESTING": True, "TODAY": "2026-11-22", "CANONICAL_BASE": "https://cds.hospital.example/fhir"}
+    )
+    example = ROOT / "fhir_examples" / "likely-benign" / "fires-exactly-14-days.json"
+    cards = app.test_client().post("/evaluate", json=json.loads(example.read_text())).get_json()["cards"]
+    assert card_rules(cards) == ["dataquality"]
+    assert "not this deployment's questionnaire" in cards[0]["detail"]
+    assert "https://cds.hospital.example/fhir/Questionnaire/twitching-assessment" in cards[0]["detail"]

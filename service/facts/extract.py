@@ -96,10 +96,31 @@ class FactExtractor:
         # A response naming no questionnaire is ours only if it answers one of our linkIds.
         return any(item.linkId in self.questionnaire.items for item, _ in self._walk(response.item, path))
 
-    def _pick_response(self, intake: Intake) -> tuple[Any, str] | None:
-        usable = [
-            (r, p) for r, p in intake.responses if r.status in RESPONSE_STATUSES and self._is_ours(r, p)
-        ]
+    def _lookalike_response(self, response: Any, path: str) -> Issue | None:
+        """A response naming this questionnaire's id under another canonical base: why it is not read."""
+        canonical = (response.questionnaire or "").split("|")[0]
+        tail = f"/Questionnaire/{self.questionnaire.id}"
+        if not canonical.endswith(tail) or canonical == self.questionnaire_url:
+            return None
+        return Issue(
+            f"QuestionnaireResponse names {canonical[:120]!r}, not this deployment's questionnaire"
+            f" {self.questionnaire_url!r} (CANONICAL_BASE); its answers were not read",
+            f"{path}.questionnaire",
+            severity="warning",
+            code="not-supported",
+        )
+
+    def _pick_response(self, intake: Intake, problems: list[Issue]) -> tuple[Any, str] | None:
+        usable = []
+        for r, p in intake.responses:
+            if r.status not in RESPONSE_STATUSES:
+                continue
+            if self._is_ours(r, p):
+                usable.append((r, p))
+                continue
+            lookalike = self._lookalike_response(r, p)
+            if lookalike is not None:
+                problems.append(lookalike)
         if not usable:
             return None
 
@@ -148,7 +169,7 @@ class FactExtractor:
         return value
 
     def _read_answers(self, intake: Intake, builder: FactBuilder, problems: list[Issue]) -> None:
-        picked = self._pick_response(intake)
+        picked = self._pick_response(intake, problems)
         if picked is None:
             return
         response, path = picked
