@@ -17,7 +17,7 @@ from service.store.audit import AuditTrail, HookCall, PatientHasher, call_record
 from service.store.db import Database
 from service.store.feedback import FeedbackStore
 from service.store.migrations import migrate
-from service.store.spool import AuditSpool
+from service.store.spool import EXIT_DRAIN_SECONDS, AuditSpool
 
 log = logging.getLogger("twitch_cds.audit")
 HOOK_ENDPOINT = "hooks.call"
@@ -106,3 +106,22 @@ def install_stores(app: Flask) -> Stores:
     app.after_request(lambda response: _audit(found, response))
     log.info("feedback and audit stored in %s", db.where)
     return found
+
+
+def _stores_of(app: Any) -> Stores | None:
+    found = getattr(app, "extensions", {}).get("stores")
+    return found if isinstance(found, Stores) else None
+
+
+def start_background(app: Any) -> None:
+    """In a gunicorn worker after fork: start its audit writer, which adopts dead workers' spools."""
+    found = _stores_of(app)
+    if found is not None:
+        found.spool.start()
+
+
+def stop_background(app: Any, budget: float = EXIT_DRAIN_SECONDS) -> None:
+    """A worker is exiting: write its backlog within `budget`; what is left waits in the spool."""
+    found = _stores_of(app)
+    if found is not None:
+        found.spool.stop(budget)
