@@ -41,6 +41,7 @@ from service.store.db import DatabaseError
 log = logging.getLogger("twitch_cds.audit")
 
 BATCH = 200  # records per transaction
+CHUNK = 256 * 1024  # bytes read from the file at a time: an outage's backlog is not re-read whole
 IDLE_SECONDS = 1.0  # the thread's wake-up with nothing to write (fsync, adoption, metrics)
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)  # pauses between attempts while the database is down
 FSYNC_SECONDS = 1.0  # longest a record waits for fdatasync while the database is down
@@ -165,26 +166,8 @@ class AuditSpool:
         """Queue one record durably (write(2)); False when refused (full or disk error), logged."""
         now = time.time()
         line = orjson.dumps({**record, "spooled": now}) + b"\n"
-        refused = None
         with self._lock:
-            fd = self._open_locked()
-            if self._size + len(line) > self.max_bytes:
-                refused = "full"
-            else:
-                try:
-                    written = os.write(fd, line)
-                except OSError as exc:
-                    written, refused = 0, f"io_error ({exc.strerror})"
-                if refused is None and written != len(line):
-                    refused = "io_error (short write)"
-                if refused is not None:
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, self._size)  # no partial line for the next record to follow
-                else:
-                    self._size += written
-                    self._pending.append((self._size, now))
-                    self._appended += 1
-                    self._synced = False
+            refused = self._write_locked(line, now)
             if refused is not None:
                 self._dropped += 1
             stats = self._stats_locked(now)
@@ -195,6 +178,31 @@ class AuditSpool:
         SPOOL_PENDING.set(stats.pending)
         SPOOL_BYTES.set(stats.bytes)
         return True
+
+    def _write_locked(self, line: bytes, now: float) -> str | None:
+        """Append one line; the reason when it was refused."""
+        try:
+            fd = self._open_locked()
+        except OSError as exc:
+            return f"io_error ({exc.strerror})"  # the folder is missing or read-only
+        if self._size + len(line) > self.max_bytes:
+            return "full"
+        refused: str | None
+        try:
+            written = os.write(fd, line)
+        except OSError as exc:
+            written, refused = 0, f"io_error ({exc.strerror})"  # ENOSPC: the disk is full
+        else:
+            refused = None if written == len(line) else "io_error (short write)"
+        if refused is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._size)  # no partial line for the next record to follow
+            return refused
+        self._size += written
+        self._pending.append((self._size, now))
+        self._appended += 1
+        self._synced = False
+        return None
 
     def _refused(self, reason: str, request_id: str, stats: SpoolStats) -> None:
         SPOOL_DROPPED.labels(reason.split(" ", 1)[0]).inc()
@@ -219,10 +227,10 @@ class AuditSpool:
         if self._pid != os.getpid():
             if self._pid is not None:
                 self._forked()  # not through os.fork (register_at_fork covers that): be safe
-            self._pid = os.getpid()
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{os.getpid()}-{next(_sequence)}.jsonl"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()  # only once the file is open: an error here is retried next time
             self._file.fd, self._file.path = fd, path
             _live_paths.add(str(path))
             self._take_existing_locked(fd)
@@ -266,8 +274,12 @@ class AuditSpool:
 
     def start(self) -> None:
         """Open the file and start the writer now (a gunicorn worker after fork), not on first record."""
-        with self._lock:
-            self._open_locked()
+        try:
+            with self._lock:
+                self._open_locked()
+        except OSError as exc:
+            # The worker still serves; each record is then refused (counted, logged) until it can.
+            log.error("audit spool: cannot open %s (%s)", self.directory, exc.strerror)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every record queued so far is stored; False at once while the database is down."""
@@ -336,7 +348,16 @@ class AuditSpool:
         return IDLE_SECONDS
 
     def _drain(self, fd: int, start: int, end: int) -> None:
-        entries = _records(os.pread(fd, end - start, start), start)
+        offset = start
+        while offset < end:
+            data = os.pread(fd, min(CHUNK, end - offset), offset)
+            if b"\n" not in data:  # one record longer than a chunk: read it whole
+                data = os.pread(fd, end - offset, offset)
+            data = data[: data.rfind(b"\n") + 1]
+            self._drain_chunk(_records(data, offset))
+            offset += len(data)
+
+    def _drain_chunk(self, entries: list[tuple[int, dict[str, Any] | None]]) -> None:
         for first in range(0, len(entries), BATCH):
             batch = entries[first : first + BATCH]
             records = [r for _, r in batch if r is not None]

@@ -30,6 +30,7 @@ from flask.testing import FlaskClient
 
 from service.app import create_app
 from service.config import DEFAULTS
+from service.store import spool as spool_module
 from service.store import spool_folder
 from service.store.spool import AuditSpool
 from tests.conftest import EXAMPLE_DAY
@@ -183,18 +184,67 @@ def test_stalled_postgresql_answers_in_budget_and_loses_no_audit_record(
     assert client.get("/readyz").get_json()["auditPending"] == 0
 
 
-def test_closed_postgresql_port(instance_dir: Path, postgres_url: str, pg_proxy: FaultProxy) -> None:
-    """Refused at once: cards, 503s, and the records stored when the port opens again."""
+@pytest.mark.parametrize("chunk", [1000, 500])
+def test_closed_postgresql_port(
+    instance_dir: Path, postgres_url: str, pg_proxy: FaultProxy, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused at once: cards, 503s, and the records stored, in order, when the port opens again.
+
+    The spool is read in chunks (so an outage's backlog is not re-read whole on every retry):
+    1000 bytes holds one record, 500 is shorter than any, read whole.
+    """
+    monkeypatch.setattr(spool_module, "CHUNK", chunk)
     app = _app(instance_dir, DATABASE_URL=_via(postgres_url, pg_proxy))
     client = app.test_client()
     pg_proxy.set("closed")
-    _call(client, "closed-0", "PostgreSQL port closed")
+    for i in range(4):
+        _call(client, f"closed-{i}", "PostgreSQL port closed")
     ready, elapsed = _timed("/readyz, PostgreSQL port closed", lambda: client.get("/readyz"))
     assert ready.status_code == 503
     assert elapsed < READY_BUDGET
     pg_proxy.set("forward")
     _wait_drained(_spool(app))
-    assert _stored_request_ids(postgres_url) == ["closed-0"]
+    assert _stored_request_ids(postgres_url) == [f"closed-{i}" for i in range(4)]
+
+
+def test_feedback_before_its_card_left_another_workers_spool_is_attributed(
+    instance_dir: Path, postgres_url: str, pg_proxy: FaultProxy
+) -> None:
+    """Worker A cannot reach the database; B stores feedback on A's card as unknown; A's record
+    lands and the feedback counts for its rule."""
+    worker_a = _app(instance_dir, DATABASE_URL=_via(postgres_url, pg_proxy))
+    worker_b = _app(instance_dir, DATABASE_URL=postgres_url).test_client()
+    pg_proxy.set("stall")
+    card = _call(worker_a.test_client(), "issued-by-a")[0]
+    accepted = {**_accepted(card), "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}
+    receipt = worker_b.post(FEEDBACK, json={"feedback": [accepted]}).get_json()
+    assert receipt == {"stored": 1, "duplicates": 0, "unknownCards": 1}
+    assert worker_b.get("/feedback/summary").get_json()["unknownCardFeedback"] == 1
+    pg_proxy.set("forward")
+    _wait_drained(_spool(worker_a))
+    summary = worker_b.get("/feedback/summary").get_json()
+    assert summary["unknownCardFeedback"] == 0
+    row = next(r for r in summary["rules"] if r["rule"] == "motor-neuron-red-flags")
+    assert (row["shown"], row["accepted"]) == (1, 1)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        unknown = conn.execute("SELECT unknown_suggestions FROM feedback").fetchone()
+    assert unknown == ([],)
+
+
+def test_an_unwritable_spool_refuses_records_and_still_answers(
+    instance_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spool folder cannot be made (a file is in its way): answers go out, refusals counted."""
+    app = _app(instance_dir)
+    (instance_dir / "audit-spool").write_bytes(b"not a folder")
+    client = app.test_client()
+    for _ in range(2):
+        assert client.post(SERVICE, json=hook_body()).status_code == 200
+    assert _spool(app).stats().dropped == 2
+    assert 'twitch_cds_audit_spool_dropped_total{reason="io_error"}' in client.get("/metrics").get_data(
+        as_text=True
+    )
+    assert "NOT kept: spool io_error" in caplog.text
 
 
 def test_a_full_spool_refuses_records_counts_and_logs(
