@@ -15,11 +15,13 @@ adopted: copied into a live worker's file and drained from there.
 
 Threads: the writer starts on the first record (or `start()`, gunicorn's post_worker_init), after
 any fork, and holds only a weak reference to its spool, so an app that is dropped ends its thread
-and closes its file (weakref.finalize).
+and closes its file (weakref.finalize). A stopping worker (`stop()`, gunicorn's worker_exit, or
+atexit) writes what it can within EXIT_DRAIN_SECONDS; the rest stays for adoption.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import logging
@@ -231,6 +233,7 @@ class AuditSpool:
             path = self.directory / f"{os.getpid()}-{next(_sequence)}.jsonl"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             self._pid = os.getpid()  # only once the file is open: an error here is retried next time
+            self._stopping = False
             self._file.fd, self._file.path = fd, path
             _live_paths.add(str(path))
             self._take_existing_locked(fd)
@@ -238,6 +241,8 @@ class AuditSpool:
                 target=_run, args=(weakref.ref(self), self._wake), name="twitch-cds-audit-spool", daemon=True
             )
             self._thread.start()
+            # `python -m service` or any plain exit: write the backlog within the budget first.
+            atexit.register(_at_exit, weakref.ref(self))
         assert self._file.fd is not None
         return self._file.fd
 
@@ -516,6 +521,12 @@ def _run(ref: weakref.ReferenceType[AuditSpool], wake: threading.Event) -> None:
             pause = RETRY_SECONDS[-1]
         del spool
         wake.wait(pause)
+
+
+def _at_exit(ref: weakref.ReferenceType[AuditSpool]) -> None:
+    spool = ref()
+    if spool is not None and spool._pid == os.getpid() and not spool._stopping:
+        spool.stop()
 
 
 def _after_fork_in_child() -> None:

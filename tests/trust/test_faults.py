@@ -305,6 +305,24 @@ def test_a_dead_workers_spool_is_adopted_once(instance_dir: Path) -> None:
     assert sorted(ids) == ["after", "dead-0", "dead-1", "template"]
 
 
+EXITING = """
+import sys
+from service.app import create_app
+from tests.trust.conftest import SERVICE, hook_body
+app = create_app({"TESTING": True, "TODAY": "2026-11-22", "INSTANCE_DIR": sys.argv[1], "LOG_LEVEL": "ERROR"})
+assert app.test_client().post(SERVICE, json=hook_body(), headers={"X-Request-ID": "last"}).status_code == 200
+"""  # exits right after the answer, as `python -m service` does on Ctrl-C
+
+
+def test_a_process_that_exits_right_after_a_call_keeps_its_record(instance_dir: Path) -> None:
+    """Written at exit (atexit, within the 2 s budget) rather than left in the spool."""
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", EXITING, str(instance_dir)], cwd=root, check=True, timeout=60)
+    app = _app(instance_dir)
+    assert [c["request_id"] for c in app.extensions["stores"].audit.calls()] == ["last"]
+    assert all(p.stat().st_size == 0 for p in (instance_dir / "audit-spool").rglob("*.jsonl"))
+
+
 def _live_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
