@@ -75,12 +75,14 @@ class _File:
         self.path: Path | None = None
 
     def close(self) -> None:
-        """Close the file (its records stay on disk for adoption)."""
-        if self.path is not None:
-            _live_paths.discard(str(self.path))
+        """Close the file: removed when empty, else its records stay on disk for adoption."""
         if self.fd is not None:
             with contextlib.suppress(OSError):
+                if os.fstat(self.fd).st_size == 0 and self.path is not None:
+                    self.path.unlink(missing_ok=True)
                 os.close(self.fd)
+        if self.path is not None:
+            _live_paths.discard(str(self.path))
         self.fd = None
 
 
