@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -245,6 +246,31 @@ def test_an_unwritable_spool_refuses_records_and_still_answers(
         as_text=True
     )
     assert "NOT kept: spool io_error" in caplog.text
+
+
+def test_a_locked_sqlite_costs_feedback_its_busy_timeout(instance_dir: Path) -> None:
+    """Another process's write lock on the SQLite file: 503 after busy_timeout, cards unaffected."""
+    app = _app(instance_dir)
+    client = app.test_client()
+    card = _call(client, "before-lock", "SQLite unlocked")[0]
+    _wait_drained(_spool(app))
+    holder = sqlite3.connect(instance_dir / "twitch-cds.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held as a stuck writer would
+    try:
+        _call(client, "while-locked", "SQLite write-locked")
+        body = {"feedback": [_accepted(card)]}
+        refused, elapsed = _timed("feedback, SQLite write-locked", lambda: client.post(FEEDBACK, json=body))
+        assert refused.status_code == 503
+        assert DB_TIMEOUT * 0.9 < elapsed < FEEDBACK_BUDGET  # it waited busy_timeout, and no longer
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    _wait_drained(_spool(app))
+    assert client.post(FEEDBACK, json=body).get_json()["stored"] == 1
+    assert [c["request_id"] for c in app.extensions["stores"].audit.calls()] == [
+        "while-locked",
+        "before-lock",
+    ]
 
 
 def test_a_full_spool_refuses_records_counts_and_logs(
