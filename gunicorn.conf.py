@@ -82,6 +82,23 @@ def when_ready(server: Any) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def post_worker_init(worker: Any) -> None:
+    """Start this worker's audit-spool writer: threads do not survive fork, so each worker starts its own.
+
+    It also adopts the spool files of workers that died with records the database had not taken.
+    """
+    from service.store import start_background
+
+    start_background(worker.wsgi)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the exiting worker: write its audit backlog for up to 2 s; the rest stays for the next one."""
+    from service.store import stop_background
+
+    stop_background(getattr(worker, "wsgi", None))
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges (its counters stay in the totals, as Prometheus expects)."""
     from prometheus_client import multiprocess

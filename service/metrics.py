@@ -19,6 +19,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -63,6 +64,32 @@ FETCH_FAILURES = Counter(
 FETCH_RETRIES = Counter(
     "twitch_cds_fhir_fetch_retries",
     "GETs to the EHR's FHIR server made once more after a connection error (reset, refused, dropped).",
+)
+
+# The audit spool (service/store/spool.py): how far the audit trail is behind the database.
+SPOOL_PENDING = Gauge(
+    "twitch_cds_audit_spool_pending_records",
+    "Audit records in the spool files not yet in the database (summed over live workers).",
+    multiprocess_mode="livesum",
+)
+SPOOL_OLDEST = Gauge(
+    "twitch_cds_audit_spool_oldest_age_seconds",
+    "Seconds the oldest pending audit record has waited for the database (oldest over workers).",
+    multiprocess_mode="livemax",
+)
+SPOOL_BYTES = Gauge(
+    "twitch_cds_audit_spool_bytes",
+    "Bytes in the spool files (each bounded by AUDIT_SPOOL_MAX_BYTES; summed over live workers).",
+    multiprocess_mode="livesum",
+)
+SPOOL_DROPPED = Counter(
+    "twitch_cds_audit_spool_dropped",
+    "Audit records NOT kept: the spool was full or the disk refused the write, by reason.",
+    ["reason"],
+)
+SPOOL_WRITTEN = Counter(
+    "twitch_cds_audit_records_written",
+    "Audit records moved from the spool into the database.",
 )
 
 

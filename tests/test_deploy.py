@@ -412,6 +412,28 @@ def test_deployment_probes_limits_and_sandbox() -> None:
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
 
 
+def _quantity(text: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(text.removesuffix(suffix)) * factor
+    return int(text)
+
+
+def test_the_instance_volume_holds_every_workers_audit_spool() -> None:
+    """sizeLimit >= AUDIT_SPOOL_MAX_BYTES x (workers + 2): an adopted and a dead worker's file too."""
+    by_kind = {d["kind"]: d for _, d in _manifests()}
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    settings = by_kind["ConfigMap"]["data"]
+    spool = int(settings.get("TWITCH_CDS_AUDIT_SPOOL_MAX_BYTES", DEFAULTS["AUDIT_SPOOL_MAX_BYTES"][0]))
+    workers = int(settings["TWITCH_CDS_WORKERS"]) or int(container["resources"]["limits"]["cpu"])
+    env = {e["name"]: e.get("value") for e in container.get("env", ())}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[env["TWITCH_CDS_INSTANCE_DIR"]])
+    assert _quantity(volume["emptyDir"]["sizeLimit"]) >= spool * (workers + 2)
+
+
 def test_configmap_and_secret_hold_known_settings() -> None:
     """Settings in the ConfigMap, credentials only in the Secret, every name a real setting."""
     by_kind = {d["kind"]: d for _, d in _manifests()}

@@ -109,7 +109,8 @@ def build_guard(app: Flask) -> Guard:
     check_settings(dict(config), issuers)
     shared: SharedState
     if config["REDIS_URL"]:
-        shared = RedisState(redis_client(config["REDIS_URL"]), config["REDIS_PREFIX"])
+        client = redis_client(config["REDIS_URL"], float(config["REDIS_TIMEOUT_SECONDS"]))
+        shared = RedisState(client, config["REDIS_PREFIX"])
     else:
         shared = MemoryState()
     verifier = None

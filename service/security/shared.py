@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 # Redis keys are digests: a jti or an issuer URL is caller-chosen text of any length.
 RATE_WINDOW_SECONDS = 60
@@ -147,6 +149,13 @@ class RedisState:
         return Admission(True, None if int(count) <= limit else _retry_after(now, window))
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A client with short timeouts: a slow Redis must not hold a hook call for long."""
-    return redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+def redis_client(url: str, timeout: float = 0.25) -> redis.Redis:
+    """A client whose every wait is `timeout` and that never retries: a stalled Redis costs a call
+    at most one connect and one reply wait (2 x timeout), then StoreUnavailable decides."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),  # redis-py retries 3 times by default, with backoff
+        health_check_interval=0,
+    )

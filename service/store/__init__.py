@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,14 +13,16 @@ from typing import Any, cast
 
 from flask import Flask, Response, current_app, g, request
 
-from service.store.audit import AuditTrail, HookCall, PatientHasher, dev_secret, issued_cards
-from service.store.db import Database, DatabaseError
+from service.store.audit import AuditTrail, HookCall, PatientHasher, call_record, dev_secret, issued_cards
+from service.store.db import Database
 from service.store.feedback import FeedbackStore
 from service.store.migrations import migrate
+from service.store.spool import EXIT_DRAIN_SECONDS, AuditSpool
 
 log = logging.getLogger("twitch_cds.audit")
 HOOK_ENDPOINT = "hooks.call"
 SQLITE_FILE = "twitch-cds.sqlite3"
+SPOOL_DIR = "audit-spool"
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Stores:
     db: Database
     audit: AuditTrail
     feedback: FeedbackStore
+    spool: AuditSpool  # hook calls' records on their way to the database
     patient_hash: PatientHasher
     rules_by_topic: dict[str, tuple[str, str]]  # card topic code -> (rule id, version)
 
@@ -69,25 +74,31 @@ def _audit(found: Stores, response: Response) -> Response:
     # Refused callers (401) are logged, not audited: an unauthenticated flood must not fill the trail.
     if request.endpoint != HOOK_ENDPOINT or response.status_code == 401:
         return response
-    try:
-        found.audit.record(_hook_call(found, response))
-    except DatabaseError as exc:
-        # The answer still goes out (decision support matters more than its record), loudly logged.
-        log.error("audit write failed for request %s: %s", g.get("request_id"), type(exc.__cause__).__name__)
+    # A local append, never the database: a stalled database must not hold the answer. A full
+    # spool refuses the record (counted, logged) and the answer still goes out.
+    found.spool.append(call_record(_hook_call(found, response), uuid.uuid4().hex))
     return response
+
+
+def spool_folder(instance: Path, db: Database) -> Path:
+    """One folder per database: a record is only ever written to the database it was meant for."""
+    key = hashlib.sha256(f"{db.dialect}:{db.url}".encode()).hexdigest()[:12]
+    return instance / SPOOL_DIR / key
 
 
 def install_stores(app: Flask) -> Stores:
     """Open (SQLite file or PostgreSQL), migrate, and record every hook call after it is answered."""
     instance = Path(app.config["INSTANCE_DIR"] or app.instance_path)
-    db = Database(app.config["DATABASE_URL"], instance / SQLITE_FILE)
+    db = Database(app.config["DATABASE_URL"], instance / SQLITE_FILE, float(app.config["DB_TIMEOUT_SECONDS"]))
     migrate(db)  # an unreachable database refuses to start, with the driver's message
     secret = str(app.config["PATIENT_HASH_SECRET"]).encode() or dev_secret(instance)
     ruleset = app.extensions["evaluator"].ruleset
+    audit = AuditTrail(db)
     found = Stores(
         db=db,
-        audit=AuditTrail(db),
+        audit=audit,
         feedback=FeedbackStore(db),
+        spool=AuditSpool(spool_folder(instance, db), audit.insert, int(app.config["AUDIT_SPOOL_MAX_BYTES"])),
         patient_hash=PatientHasher(secret),
         rules_by_topic={r.topic_code: (r.id, r.version) for r in ruleset.rules},
     )
@@ -95,3 +106,22 @@ def install_stores(app: Flask) -> Stores:
     app.after_request(lambda response: _audit(found, response))
     log.info("feedback and audit stored in %s", db.where)
     return found
+
+
+def _stores_of(app: Any) -> Stores | None:
+    found = getattr(app, "extensions", {}).get("stores")
+    return found if isinstance(found, Stores) else None
+
+
+def start_background(app: Any) -> None:
+    """In a gunicorn worker after fork: start its audit writer, which adopts dead workers' spools."""
+    found = _stores_of(app)
+    if found is not None:
+        found.spool.start()
+
+
+def stop_background(app: Any, budget: float = EXIT_DRAIN_SECONDS) -> None:
+    """A worker is exiting: write its backlog within `budget`; what is left waits in the spool."""
+    found = _stores_of(app)
+    if found is not None:
+        found.spool.stop(budget)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,8 +16,9 @@ from typing import Any
 
 import orjson
 
-from service.store.db import Database
+from service.store.db import Database, Tx
 
+log = logging.getLogger("twitch_cds.audit")
 DEV_SECRET_FILE = "patient-hash.key"  # noqa: S105 - a file name, not a secret
 
 
@@ -116,60 +119,140 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _attribute_early_feedback(tx: Tx, record: dict[str, Any], card: dict[str, Any]) -> None:
+    """Feedback that arrived before its card's record left another worker's spool: now known."""
+    rows = tx.rows(
+        "SELECT id, issuer, accepted_suggestions FROM feedback"
+        " WHERE card_uuid = ? AND service_id = ? AND known_card = ?",
+        (card["uuid"], record["service_id"], False),
+    )
+    for feedback_id, issuer, accepted in rows:
+        if issuer != record["issuer"]:
+            continue  # feedback from another client stays unknown, as FeedbackStore.save decides
+        accepted_list = orjson.loads(accepted) if isinstance(accepted, str | bytes) else accepted
+        unknown = [s for s in accepted_list if s not in card["suggestions"]]
+        tx.execute(
+            "UPDATE feedback SET known_card = ?, rule_id = ?, rule_version = ?, unknown_suggestions = ?"
+            " WHERE id = ?",
+            (True, card["rule"], card["version"], _json(unknown), feedback_id),
+        )
+
+
+def call_record(call: HookCall, call_key: str) -> dict[str, Any]:
+    """The audit record of one call as the spool keeps it (JSON); `call_key` makes replays harmless."""
+    return {
+        "key": call_key,
+        "at": call.received_at.isoformat(),
+        "request_id": call.request_id,
+        "service_id": call.service_id,
+        "hook": call.hook,
+        "hook_instance": call.hook_instance,
+        "issuer": call.issuer,
+        "subject": call.subject,
+        "tenant": call.tenant,
+        "jti": call.jti,
+        "patient_hash": call.patient_hash,
+        "status": call.status,
+        "latency_ms": round(call.latency_ms, 3),
+        "rules": call.rules,
+        "cards": [
+            {
+                "uuid": c.uuid,
+                "rule": c.rule_id,
+                "topic": c.topic_code,
+                "version": c.rule_version,
+                "suggestions": c.suggestions,
+            }
+            for c in call.cards
+        ],
+    }
+
+
+RECORD_KEYS = frozenset(call_record(HookCall(datetime.now(), "", "", 0, 0.0), "").keys())
+CARD_KEYS = frozenset({"uuid", "rule", "topic", "version", "suggestions"})
+
+
+def well_formed(record: dict[str, Any]) -> bool:
+    """A record this version can store (a line from a foreign or damaged file may not be one)."""
+    cards = record.get("cards")
+    return (
+        record.keys() >= RECORD_KEYS
+        and isinstance(cards, list)
+        and all(isinstance(c, dict) and c.keys() >= CARD_KEYS for c in cards)
+    )
+
+
 class AuditTrail:
-    """Writes hook calls and their cards in one transaction."""
+    """Writes hook calls and their cards; each record once, however often it is replayed."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
     def record(self, call: HookCall) -> None:
-        """Store one hook call and the cards it issued."""
-        at = call.received_at.isoformat()
-        cards = [
-            {"uuid": c.uuid, "rule": c.rule_id, "version": c.rule_version, "suggestions": c.suggestions}
-            for c in call.cards
-        ]
+        """Store one hook call and the cards it issued, now (the request path uses the spool)."""
+        self.insert([call_record(call, uuid.uuid4().hex)])
+
+    def insert(self, records: list[dict[str, Any]]) -> int:
+        """Store spooled records in one transaction; returns how many were new (not replays)."""
+        new = 0
         with self.db.transaction() as tx:
-            row = tx.execute(
-                "INSERT INTO hook_call (received_at, request_id, service_id, hook, hook_instance,"
-                " issuer, subject, tenant, jti, patient_hash, status, latency_ms, rules, cards)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (
-                    at,
-                    call.request_id,
-                    call.service_id,
-                    call.hook,
-                    call.hook_instance,
-                    call.issuer,
-                    call.subject,
-                    call.tenant,
-                    call.jti,
-                    call.patient_hash,
-                    call.status,
-                    round(call.latency_ms, 3),
-                    _json(call.rules),
-                    _json(cards),
+            for record in records:
+                if not well_formed(record):
+                    log.error("audit record %s is malformed; skipped", str(record.get("key"))[:40])
+                    continue
+                new += self._insert(tx, record)
+        return new
+
+    def _insert(self, tx: Tx, record: dict[str, Any]) -> int:
+        row = tx.execute(
+            "INSERT INTO hook_call (call_key, received_at, request_id, service_id, hook, hook_instance,"
+            " issuer, subject, tenant, jti, patient_hash, status, latency_ms, rules, cards)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (call_key) DO NOTHING RETURNING id",
+            (
+                record["key"],
+                record["at"],
+                record["request_id"],
+                record["service_id"],
+                record["hook"],
+                record["hook_instance"],
+                record["issuer"],
+                record["subject"],
+                record["tenant"],
+                record["jti"],
+                record["patient_hash"],
+                record["status"],
+                record["latency_ms"],
+                _json(record["rules"]),
+                _json(
+                    [{k: c[k] for k in ("uuid", "rule", "version", "suggestions")} for c in record["cards"]]
                 ),
-            ).fetchone()
-            call_id = int(row[0])
-            for card in call.cards:
-                # A uuid is issued once; ON CONFLICT keeps a (never expected) repeat from failing the call.
-                tx.execute(
-                    "INSERT INTO issued_card (card_uuid, call_id, service_id, issuer, rule_id, topic_code,"
-                    " rule_version, suggestion_uuids, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (card_uuid) DO NOTHING",
-                    (
-                        card.uuid,
-                        call_id,
-                        call.service_id,
-                        call.issuer,
-                        card.rule_id,
-                        card.topic_code,
-                        card.rule_version,
-                        _json(card.suggestions),
-                        at,
-                    ),
-                )
+            ),
+        ).fetchone()
+        if row is None:
+            return 0  # already stored: a record replayed after a crash between insert and truncate
+        call_id = int(row[0])
+        for card in record["cards"]:
+            # A uuid is issued once; ON CONFLICT keeps a (never expected) repeat from failing the call.
+            cursor = tx.execute(
+                "INSERT INTO issued_card (card_uuid, call_id, service_id, issuer, rule_id, topic_code,"
+                " rule_version, suggestion_uuids, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (card_uuid) DO NOTHING",
+                (
+                    card["uuid"],
+                    call_id,
+                    record["service_id"],
+                    record["issuer"],
+                    card["rule"],
+                    card["topic"],
+                    card["version"],
+                    _json(card["suggestions"]),
+                    record["at"],
+                ),
+            )
+            if cursor.rowcount:
+                _attribute_early_feedback(tx, record, card)
+        return 1
 
     def calls(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest hook calls, newest first (for tests and operators)."""

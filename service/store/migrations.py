@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from service.store.db import TYPES, Database, Tx
+from service.store.db import MIGRATION_TIMEOUT_SECONDS, TYPES, Database, Tx
 
 log = logging.getLogger("twitch_cds.store")
 
@@ -69,6 +69,14 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX feedback_card ON feedback (card_uuid)",
         ),
     ),
+    (
+        2,
+        "hook_call.call_key: the audit spool's id of a call, so a replayed record is not doubled",
+        (
+            "ALTER TABLE hook_call ADD COLUMN call_key TEXT",
+            "CREATE UNIQUE INDEX hook_call_call_key ON hook_call (call_key)",
+        ),
+    ),
 )
 
 _CREATE_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -89,7 +97,8 @@ def _lock(tx: Tx) -> None:
 def migrate(db: Database) -> list[int]:
     """Apply every migration not yet recorded; returns the versions applied now."""
     applied_now: list[int] = []
-    with db.transaction() as tx:
+    # Longer than a request's budget: another worker may hold the lock while it migrates.
+    with db.transaction(MIGRATION_TIMEOUT_SECONDS) as tx:
         _lock(tx)
         tx.execute(_CREATE_TABLE)
         done = {int(r[0]) for r in tx.rows("SELECT version FROM schema_migrations")}

@@ -34,7 +34,9 @@ def _hash(patient_id: str, secret: bytes) -> str:
 
 
 def _calls(app: Flask) -> list[dict[str, Any]]:
-    return list(app.extensions["stores"].audit.calls())
+    found = app.extensions["stores"]
+    assert found.spool.flush(5), "the audit spool did not reach the database"
+    return list(found.audit.calls())
 
 
 def test_a_hook_call_is_audited(make_app: Callable[..., Flask], keys: Keys) -> None:
@@ -80,14 +82,15 @@ def test_failed_calls_are_audited_and_refused_ones_are_not(
 
 
 def test_no_patient_id_is_stored(make_app: Callable[..., Flask], keys: Keys, instance_dir: Path) -> None:
-    """The database files hold the keyed hash, never the id (checked byte for byte, WAL included)."""
+    """The database files hold the keyed hash, never the id (byte for byte, WAL included)."""
     app = make_app()
     SignedClient(app, keys.es384).post(SERVICE, json=hook_body())
+    secret = (instance_dir / DEV_SECRET_FILE).read_bytes()
+    _calls(app)
     app.extensions["stores"].db.close()
     stored = b"".join(p.read_bytes() for p in instance_dir.glob("twitch-cds.sqlite3*"))
     assert stored
     assert PATIENT_ID.encode() not in stored
-    secret = (instance_dir / DEV_SECRET_FILE).read_bytes()
     assert _hash(PATIENT_ID, secret).encode() in stored
     assert (instance_dir / DEV_SECRET_FILE).stat().st_mode & 0o077 == 0, "the dev key is private"
 
