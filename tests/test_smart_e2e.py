@@ -62,6 +62,8 @@ class World:
     app: Flask
     patient: Patient
     other: Patient
+    coded: Patient  # an active Condition "muscle weakness" (SNOMED 26544005), weakness not asked
+    inactive: Patient  # the same Condition, inactive
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,10 @@ def world(node: str) -> Iterator[World]:  # noqa: F811
     with _serving(node) as medplum, serve(service_wsgi) as service, serve(ehr_wsgi) as ehr_live:
         patient = _load_example(medplum, EXAMPLE)
         other = _load_example(medplum, EXAMPLES / "likely-benign" / "fires-short-isolated-calf.json")
+        coded = _load_example(medplum, EXAMPLES / "motor-neuron-red-flags" / "fires-coded-weakness.json")
+        inactive = _load_example(
+            medplum, EXAMPLES / "motor-neuron-red-flags" / "near-miss-inactive-weakness-condition.json"
+        )
         ehr = SmartServer(medplum, TOKEN)
         ehr.bind(ehr_live.url)
         ehr_wsgi.app = ehr.app
@@ -89,7 +95,7 @@ def world(node: str) -> Iterator[World]:  # noqa: F811
         service_wsgi.app = app
         scopes = app.extensions["smart"].scopes
         ehr.register(CLIENT_ID, service.url + "/smart/app", scopes)
-        yield World(medplum, ehr, service, app, patient, other)
+        yield World(medplum, ehr, service, app, patient, other, coded, inactive)
 
 
 def _wait(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 30) -> Any:
@@ -220,6 +226,56 @@ def test_card_link_to_saved_answers_to_updated_cards(browser: webdriver.Chrome, 
 def link_and_canonical(link: dict[str, Any]) -> str:
     """The published canonical the card's appContext names."""
     return str(orjson.loads(link["appContext"])["questionnaire"])
+
+
+def _forget(world: World, patient: Patient, link_id: str) -> None:
+    """Replace the patient's response on the FHIR server with one that never asked `link_id`."""
+    response = next(r for r in patient.resources if r["resourceType"] == "QuestionnaireResponse")
+    edited = {**response, "item": [
+        {**g, "item": [i for i in g.get("item", []) if i["linkId"] != link_id]} for g in response["item"]
+    ]}  # fmt: skip
+    put = requests.put(
+        f"{world.medplum}/QuestionnaireResponse/{response['id']}",
+        json=edited,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert put.status_code == 200, put.text
+
+
+def _weakness(driver: webdriver.Chrome, world: World, patient: Patient) -> tuple[str, str, str]:
+    """Launch for the patient; the weakness question's checked value, classes and text."""
+    _open_app(driver, world, patient.id)
+    form = _wait(driver, lambda d: (f := d.find_element(By.ID, "assessment-form")).is_displayed() and f)
+    field = form.find_element(By.CSS_SELECTOR, '[data-question="weakness"]')
+    checked = [
+        r.get_attribute("value") for r in field.find_elements(By.CSS_SELECTOR, "input") if r.is_selected()
+    ]
+    assert len(checked) == 1
+    return checked[0] or "", field.get_attribute("class") or "", field.text
+
+
+def test_chart_diagnosis_prefills_a_coded_question(browser: webdriver.Chrome, world: World) -> None:  # noqa: F811
+    """An active coded diagnosis answers its unanswered question, flags a contrary "no", and an
+    inactive one does neither."""
+    # The example answered weakness "no" beside an active "muscle weakness" Condition: kept, flagged.
+    value, classes, text = _weakness(browser, world, world.coded)
+    assert value == "false"
+    assert "chart-conflict" in classes
+    assert "active diagnosis" in text
+    # Never asked: the chart answers it, marked as such.
+    _forget(world, world.coded, "weakness")
+    value, classes, text = _weakness(browser, world, world.coded)
+    assert value == "true"
+    assert "from-chart" in classes
+    assert "unanswered" not in classes
+    assert "diagnosis in the chart" in text
+    # The same Condition, inactive: the question stays unanswered.
+    _forget(world, world.inactive, "weakness")
+    value, classes, _ = _weakness(browser, world, world.inactive)
+    assert value == ""
+    assert "unanswered" in classes
+    assert "from-chart" not in classes
 
 
 def test_launch_from_an_unknown_issuer_is_refused(browser: webdriver.Chrome, world: World) -> None:  # noqa: F811

@@ -214,9 +214,13 @@ async function main() {
   const latest = latestResponse(prefetch, questionnaireUrl);
   if (latest) view.fill(answersByLinkId(latest));
   const fromChart = chartFindings(prefetch, questionnaire);
-  const chartOnly = [...fromChart.keys()].filter((linkId) => !view.fields.get(linkId)?.answer().length);
+  const answered = (linkId) => view.fields.get(linkId)?.answer() || [];
+  const chartOnly = [...fromChart.keys()].filter((linkId) => !answered(linkId).length);
   view.fill(new Map(chartOnly.map((linkId) => [linkId, [{ valueBoolean: true }]])));
   mark(view, chartOnly, "from-chart", "Pre-filled from a diagnosis in the chart: check it with the patient.");
+  // An earlier "no" is kept, but never silently against an active diagnosis saying otherwise.
+  const conflicts = [...fromChart.keys()].filter((linkId) => answered(linkId).some((a) => a.valueBoolean === false));
+  mark(view, conflicts, "chart-conflict", "The chart records an active diagnosis for this, but the last answer was no: check it.");
   const unanswered = view.unanswered();
   mark(view, unanswered, "unanswered", "Not answered yet.");
   form.hidden = false;
