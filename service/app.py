@@ -8,10 +8,11 @@ from typing import Any
 
 from flask import Flask
 
-from service.api import apidocs, catalogue, discovery, evaluate, feedback, fhir, health, hooks, ui
+from service.api import apidocs, catalogue, discovery, evaluate, feedback, fhir, health, hooks, smart, ui
 from service.cdshooks.fetch import FetchSettings, FhirFetcher
 from service.cdshooks.pipeline import HookPipeline
 from service.cdshooks.prefetch import prefetch_templates
+from service.cdshooks.smart import SmartSettings
 from service.config import load_config
 from service.engine.ruleset import load_ruleset
 from service.evaluation import Evaluator
@@ -35,6 +36,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # RuleSetError: a flawed rule set, reference table or local lab-code map refuses to start.
     ruleset = load_ruleset(Path(app.config["RULES_DIR"]), Path(lab_map) if lab_map else None)
     canonical = app.config["CANONICAL_BASE"]
+    # SmartConfigError: a SMART app without allowed issuers or an absolute PUBLIC_BASE_URL refuses to start.
+    smart_settings = SmartSettings.from_config(app.config)
+    app.extensions["smart"] = smart_settings
     app.extensions["evaluator"] = Evaluator(
         ruleset,
         canonical,
@@ -42,6 +46,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         max_depth=int(app.config["MAX_JSON_DEPTH"]),
         memo_entries=int(app.config["VALIDATION_MEMO_ENTRIES"]),
         memo_bytes=int(app.config["VALIDATION_MEMO_BYTES"]),
+        app_launch_url=smart_settings.launch_url if smart_settings else None,
     )
     app.extensions["questionnaire"] = build_questionnaire(ruleset.reference.questionnaire, canonical)
     # FetchConfigError: an unsafe or unusable FHIR_* setting refuses to start, like a flawed rule set.
@@ -54,7 +59,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     install_metrics(app)  # first, so its timer starts before the guard's checks
     install_guard(app)  # ConfigError: unsafe security settings refuse to start
     install_stores(app)  # opens and migrates the feedback and audit database
-    for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs):
+    for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs, smart):
         app.register_blueprint(module.bp)
     pipeline = HookPipeline(app.extensions["evaluator"], discovery.SERVICE_HOOKS)
     app.extensions["hook_pipeline"] = pipeline

@@ -78,6 +78,21 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "FHIR_FETCH_PAGE_SIZE": (100, "_count asked of each search page."),
     "FHIR_FETCH_MAX_BYTES": (4194304, "Most bytes read (decoded) per read or search, all pages together."),
     "FHIR_CA_BUNDLE": ("", "PEM file of CAs that sign the FHIR servers' TLS certificates; empty: certifi."),
+    # The SMART app that records the twitching assessment in the EHR (docs/smart-app.md).
+    "SMART_CLIENT_ID": ("", "Client id the EHR registered for the SMART app; empty: no app, no card link."),
+    "SMART_ALLOWED_ISSUERS": (
+        "[]",
+        "JSON list of FHIR base URLs (iss) the app may be launched from; matched as FHIR_SERVER_ALLOWLIST.",
+    ),
+    "SMART_SCOPES": (
+        "launch openid fhirUser patient/Patient.r patient/Observation.rs patient/Condition.rs"
+        " patient/QuestionnaireResponse.rs patient/QuestionnaireResponse.c",
+        "Scopes the app asks for (SMART v2; openid fhirUser name the user for the hook call).",
+    ),
+    "SMART_CONNECT_ORIGINS": (
+        "[]",
+        "JSON list of extra https origins the app's page may call (a token endpoint off the FHIR origin).",
+    ),
 }
 
 ENV_PREFIX = "TWITCH_CDS_"

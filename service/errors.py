@@ -56,6 +56,13 @@ class BadRequest(ServiceError):
     issue_code = "invalid"
 
 
+class Forbidden(ServiceError):
+    """A request this service refuses on principle, e.g. a SMART launch from an EHR not allow-listed (403)."""
+
+    status = 403
+    issue_code = "forbidden"
+
+
 class NotFound(ServiceError):
     """Unknown service or resource (404)."""
 

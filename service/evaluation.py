@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 
 from service.cdshooks.cards import CardRenderer
+from service.cdshooks.smart import AppLink
 from service.engine.evaluate import evaluate
 from service.engine.ruleset import RuleSet
 from service.errors import BadRequest, InvalidFhir, Issue, MissingData
@@ -39,14 +40,17 @@ class Evaluator:
         max_depth: int = 64,
         memo_entries: int = 0,
         memo_bytes: int = DEFAULT_MEMO_BYTES,
+        app_launch_url: str | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.selector = Selector(ruleset.reference)
         self.validator = Validator(max_depth, memo_entries, memo_bytes)
-        self.extractor = FactExtractor(
-            ruleset.reference, questionnaire_url(canonical_base, ruleset.reference.questionnaire)
-        )
-        self.renderer = CardRenderer(ruleset.reference, canonical_base, service_title)
+        published = questionnaire_url(canonical_base, ruleset.reference.questionnaire)
+        self.extractor = FactExtractor(ruleset.reference, published)
+        app_link = None
+        if app_launch_url:
+            app_link = AppLink(app_launch_url, published, tuple(ruleset.reference.questionnaire.items))
+        self.renderer = CardRenderer(ruleset.reference, canonical_base, service_title, app_link)
         self.rule_by_topic = {rule.topic_code: rule.id for rule in ruleset.rules}  # for the card metrics
 
     def intake(self, resources: list[Located], latest_labs_only: bool = False) -> Intake:

@@ -32,6 +32,12 @@ def _edit(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
 CASES: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
     (
         "set/persistent-twitching.yaml",
+        "app link that is not a label",
+        lambda r: r.update(app_link=["Record"]),
+        "app_link must be a link label",
+    ),
+    (
+        "set/persistent-twitching.yaml",
         "unknown fact",
         lambda r: r["when"]["all"].append("twitchiness"),
         "unknown fact 'twitchiness'",

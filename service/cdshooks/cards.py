@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from service.cdshooks.smart import AppLink
 from service.engine.evaluate import Firing, PlannedSuggestion
 from service.engine.reference import ICD10CM, SNOMED, Coding, Orderable, ReferenceData
 from service.errors import Issue
@@ -27,8 +28,15 @@ def _code_span(text: str) -> str:
 class CardRenderer:
     """Builds cards for one deployment (its canonical base names the local code systems)."""
 
-    def __init__(self, reference: ReferenceData, canonical_base: str, service_title: str) -> None:
+    def __init__(
+        self,
+        reference: ReferenceData,
+        canonical_base: str,
+        service_title: str,
+        app_link: AppLink | None = None,
+    ) -> None:
         self.reference = reference
+        self.app_link = app_link  # None: no SMART app configured, so no card links it
         self.topic_system = f"{canonical_base}/CodeSystem/twitch-cds-rules"
         self.local_system = f"{canonical_base}/CodeSystem/twitch-cds-local"
         self.override_system = f"{canonical_base}/CodeSystem/twitch-cds-override-reasons"
@@ -130,6 +138,8 @@ class CardRenderer:
         if firing.suggestions:
             card["suggestions"] = [self._suggestion(s, firing, facts.patient_ref) for s in firing.suggestions]
             card["selectionBehavior"] = "any"
+        if rule.app_link and self.app_link is not None:
+            card["links"] = [self.app_link.link(rule.app_link, facts)]
         return card
 
     def data_card(self, problems: list[Issue]) -> dict[str, Any]:

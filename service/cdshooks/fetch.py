@@ -125,21 +125,32 @@ class Base:
         return self.contains(target)
 
 
-def _allowlist(raw: Any) -> tuple[Base, ...]:
+def parse_allowlist(raw: Any, key: str = "FHIR_SERVER_ALLOWLIST") -> tuple[Base, ...]:
+    """A JSON list of FHIR base URLs (the setting named `key`); FetchConfigError names a bad entry."""
     if isinstance(raw, str | bytes):
         try:
             raw = orjson.loads(raw or b"[]")
         except orjson.JSONDecodeError as exc:
-            raise FetchConfigError(f"FHIR_SERVER_ALLOWLIST is not valid JSON: {exc}") from exc
+            raise FetchConfigError(f"{key} is not valid JSON: {exc}") from exc
     if not isinstance(raw, list | tuple) or not all(isinstance(e, str) for e in raw):
-        raise FetchConfigError("FHIR_SERVER_ALLOWLIST must be a JSON list of base URLs")
+        raise FetchConfigError(f"{key} must be a JSON list of base URLs")
     bases = []
     for i, entry in enumerate(raw):
         try:
             bases.append(Base.parse(entry))
         except ValueError as exc:
-            raise FetchConfigError(f"FHIR_SERVER_ALLOWLIST[{i}] {entry!r}: {exc}") from exc
+            raise FetchConfigError(f"{key}[{i}] {entry!r}: {exc}") from exc
     return tuple(bases)
+
+
+def require_https(allowlist: tuple[Base, ...], development: bool, key: str = "FHIR_SERVER_ALLOWLIST") -> None:
+    """Plain http only for loopback bases in development: a token must never cross the network in clear."""
+    for base in allowlist:
+        if base.scheme != "https" and not (base.loopback and development):
+            raise FetchConfigError(
+                f"{key}: {base.text} must use https (plain http is allowed only for"
+                " loopback bases with ENV=development)"
+            )
 
 
 def _positive(config: Mapping[str, Any], key: str, kind: type[int] | type[float]) -> Any:
@@ -168,13 +179,8 @@ class FetchSettings:
     def from_config(cls, config: Mapping[str, Any]) -> FetchSettings:
         """Read and check the FHIR_* settings; FetchConfigError names the first bad one."""
         development = str(config.get("ENV", "production")) == "development"
-        allowlist = _allowlist(config["FHIR_SERVER_ALLOWLIST"])
-        for base in allowlist:
-            if base.scheme != "https" and not (base.loopback and development):
-                raise FetchConfigError(
-                    f"FHIR_SERVER_ALLOWLIST: {base.text} must use https (plain http is allowed only for"
-                    " loopback bases with ENV=development)"
-                )
+        allowlist = parse_allowlist(config["FHIR_SERVER_ALLOWLIST"])
+        require_https(allowlist, development)
         ca_bundle = str(config.get("FHIR_CA_BUNDLE") or "")
         if ca_bundle and not os.path.isfile(ca_bundle):
             raise FetchConfigError(f"FHIR_CA_BUNDLE {ca_bundle!r} is not a file")

@@ -56,6 +56,7 @@ RULE_KEYS = frozenset(
         "also_show",
         "replaced_by",
         "withholds_routine",
+        "app_link",
     ]
 )
 VARIANT_KEYS = frozenset(["when", "indicator", "summary", "advice", "priority", "suggestions"])
@@ -109,6 +110,7 @@ class Rule:
     also_show: tuple[str, ...] = ()  # facts shown as evidence whenever known (e.g. a drug name)
     replaced_by: tuple[str, ...] = ()  # rule ids: when one of them fires, this card is not shown
     withholds_routine: bool = False  # an emergency: no routine order is offered beside it
+    app_link: str = ""  # label of a link to the service's SMART app (only when the app is configured)
     file: str = ""
 
     @property
@@ -253,6 +255,9 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
             variant.summary or summary, variant.advice or advice, wanted, f"{where} variant {i}"
         )
     replaced_by = tuple(str(r) for r in raw.get("replaced_by") or ())
+    app_link = raw.get("app_link") or ""
+    if not isinstance(app_link, str) or len(app_link) > SUMMARY_LIMIT:
+        raise RuleSetError(f"{where}: app_link must be a link label of at most {SUMMARY_LIMIT} characters")
     return Rule(
         id=rule_id,
         version=str(raw["version"]),
@@ -273,6 +278,7 @@ def _parse_rule(raw: Any, reference: ReferenceData, registry: Mapping[str, FactS
         also_show=also_show,
         replaced_by=replaced_by,
         withholds_routine=bool(raw.get("withholds_routine", False)),
+        app_link=app_link.strip(),
         file=where,
     )
 

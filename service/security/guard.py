@@ -30,8 +30,8 @@ log = logging.getLogger("twitch_cds.security")
 
 ENVIRONMENTS = ("development", "production")
 # Blueprints that serve no patient data and do no work worth limiting: open to anyone. The
-# card viewer and API docs are static pages; the viewer's calls to /evaluate are still checked.
-PUBLIC_BLUEPRINTS = frozenset({"health", "catalogue", "fhir", "ui", "apidocs"})
+# card viewer, API docs and SMART app pages are static pages; their calls to the API are still checked.
+PUBLIC_BLUEPRINTS = frozenset({"health", "catalogue", "fhir", "ui", "apidocs", "smart"})
 DISCOVERY_ENDPOINT = "discovery.services"
 REALM = "twitch-cds"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

@@ -25,6 +25,15 @@ function optionLabel(option) {
   return "?";
 }
 
+function sameAnswer(option, answer) {
+  const picked = optionAnswer(option);
+  if (!picked) return false;
+  const [key, value] = Object.entries(picked)[0];
+  if (!(key in answer)) return false;
+  if (key === "valueCoding") return value.code === answer.valueCoding.code && (!answer.valueCoding.system || value.system === answer.valueCoding.system);
+  return value === answer[key];
+}
+
 function optionAnswer(option) {
   for (const key of ["valueCoding", "valueString", "valueInteger", "valueDate", "valueTime"]) {
     if (key in option) return { [key]: option[key] };
@@ -60,7 +69,12 @@ function booleanField(item) {
     const picked = inputs.find((i) => i.checked);
     return !picked || picked.value === "" ? [] : [{ valueBoolean: picked.value === "true" }];
   };
-  return { node: fieldset, answer };
+  const set = (answers) => {
+    const value = answers.find((a) => typeof a.valueBoolean === "boolean");
+    const wanted = value ? String(value.valueBoolean) : "";
+    for (const input of inputs) input.checked = input.value === wanted;
+  };
+  return { node: fieldset, answer, set };
 }
 
 function numberField(item, integer) {
@@ -82,7 +96,11 @@ function numberField(item, integer) {
     if (!Number.isFinite(value) || (integer && !Number.isInteger(value))) return [];
     return [integer ? { valueInteger: value } : { valueDecimal: value }];
   };
-  return { node: wrapper, answer, input };
+  const set = (answers) => {
+    const value = answers.map((a) => (integer ? a.valueInteger : a.valueDecimal)).find((v) => typeof v === "number");
+    input.value = value === undefined ? "" : String(value);
+  };
+  return { node: wrapper, answer, input, set };
 }
 
 function textField(item, multiline) {
@@ -96,7 +114,10 @@ function textField(item, multiline) {
   input.dataset.linkId = item.linkId;
   wrapper.append(label, input);
   const answer = () => (input.value.trim() ? [{ valueString: input.value.trim() }] : []);
-  return { node: wrapper, answer };
+  const set = (answers) => {
+    input.value = answers.map((a) => a.valueString).find((v) => typeof v === "string") ?? "";
+  };
+  return { node: wrapper, answer, set };
 }
 
 function dateField(item) {
@@ -110,7 +131,10 @@ function dateField(item) {
   input.dataset.linkId = item.linkId;
   wrapper.append(label, input);
   const answer = () => (input.value ? [{ valueDate: input.value }] : []);
-  return { node: wrapper, answer };
+  const set = (answers) => {
+    input.value = answers.map((a) => a.valueDate).find((v) => typeof v === "string") ?? "";
+  };
+  return { node: wrapper, answer, set };
 }
 
 function choiceField(item) {
@@ -130,7 +154,10 @@ function choiceField(item) {
     });
     fieldset.append(row);
     const answer = () => boxes.filter((b) => b.input.checked).map((b) => optionAnswer(b.option)).filter(Boolean);
-    return { node: fieldset, answer };
+    const set = (answers) => {
+      for (const box of boxes) box.input.checked = answers.some((a) => sameAnswer(box.option, a));
+    };
+    return { node: fieldset, answer, set };
   }
   const wrapper = el("div", "question choice-one");
   const id = fieldId(item);
@@ -153,14 +180,18 @@ function choiceField(item) {
     const picked = optionAnswer(options[Number(select.value)]);
     return picked ? [picked] : [];
   };
-  return { node: wrapper, answer };
+  const set = (answers) => {
+    const index = options.findIndex((option) => answers.some((a) => sameAnswer(option, a)));
+    select.value = index < 0 ? "" : String(index);
+  };
+  return { node: wrapper, answer, set };
 }
 
-function build(item, depth) {
+function build(item, depth, fields) {
   if (item.type === "group") {
     const fieldset = el("fieldset", `group depth-${depth}`);
     fieldset.append(el("legend", null, item.text || item.linkId));
-    const children = (item.item || []).map((child) => build(child, depth + 1));
+    const children = (item.item || []).map((child) => build(child, depth + 1, fields));
     for (const child of children) fieldset.append(child.node);
     const collect = () => {
       const items = children.map((c) => c.collect()).filter(Boolean);
@@ -187,6 +218,8 @@ function build(item, depth) {
     return { node: el("p", "hint", `${item.text || item.linkId}: type ${item.type} is not supported here`), collect: () => null };
   }
   const field = maker();
+  field.node.dataset.question = item.linkId;
+  fields.set(item.linkId, { item, node: field.node, set: field.set, answer: field.answer });
   const collect = () => {
     const answer = field.answer();
     return answer.length ? { linkId: item.linkId, ...(item.text ? { text: item.text } : {}), answer } : null;
@@ -194,14 +227,31 @@ function build(item, depth) {
   return { node: field.node, collect };
 }
 
+/** Every answered item of a QuestionnaireResponse, by linkId (nested groups flattened). */
+export function answersByLinkId(response) {
+  const out = new Map();
+  const walk = (items) => {
+    for (const item of items || []) {
+      if (Array.isArray(item.answer) && item.answer.length) out.set(item.linkId, item.answer);
+      walk(item.item);
+      for (const answer of item.answer || []) walk(answer.item);
+    }
+  };
+  walk(response && response.item);
+  return out;
+}
+
 /**
  * Render the questionnaire's items into container. Returns response(subjectRef, authored), the
- * QuestionnaireResponse of the current answers (questionnaire = url|version).
+ * QuestionnaireResponse of the current answers (questionnaire = url|version); fill(answers), which
+ * sets answers (a Map of linkId to FHIR answer arrays); unanswered(), the linkIds with no answer;
+ * and fields, a Map of linkId to each question's node.
  */
 export function renderQuestionnaire(container, questionnaire) {
   container.replaceChildren();
   if (questionnaire.title) container.append(el("h3", "questionnaire-title", questionnaire.title));
-  const roots = (questionnaire.item || []).map((item) => build(item, 0));
+  const fields = new Map();
+  const roots = (questionnaire.item || []).map((item) => build(item, 0, fields));
   for (const root of roots) container.append(root.node);
   const canonical = questionnaire.version ? `${questionnaire.url}|${questionnaire.version}` : questionnaire.url;
   const response = (subjectRef, authored) => {
@@ -217,5 +267,12 @@ export function renderQuestionnaire(container, questionnaire) {
     if (items.length) qr.item = items;
     return qr;
   };
-  return { response };
+  const fill = (answers) => {
+    for (const [linkId, values] of answers) {
+      const field = fields.get(linkId);
+      if (field && field.set) field.set(values);
+    }
+  };
+  const unanswered = () => [...fields.keys()].filter((linkId) => !fields.get(linkId).answer().length);
+  return { response, fill, unanswered, fields };
 }
