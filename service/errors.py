@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# Error bodies quote what the caller sent only this far: a 6 MB value is not sent back whole.
+ECHO_LIMIT = 200
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """User input quoted for an error message: repr, cut at `limit` characters with its full length."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}… ({len(shown)} characters)"
+
 
 @dataclass(frozen=True)
 class Issue:
