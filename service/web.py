@@ -19,6 +19,7 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
+    echo,
     operation_outcome,
 )
 from service.security.limits import check_json_depth
@@ -41,7 +42,7 @@ def read_json_body(check_depth: bool = True) -> Any:
     mimetype = request.mimetype
     if mimetype not in ACCEPTED_TYPES:
         raise UnsupportedMediaType.single(
-            f"send the body as application/json or application/fhir+json, not {mimetype or 'no type'!r}"
+            f"send the body as application/json or application/fhir+json, not {echo(mimetype or 'no type')}"
         )
     data = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     if not data:
@@ -76,8 +77,8 @@ def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     kind = _HTTP_ERRORS.get(status, InternalError if status >= 500 else BadRequest)
     messages = {
-        404: f"no such endpoint: {request.path}",
-        405: f"{request.method} is not allowed on {request.path}",
+        404: f"no such endpoint: {echo(request.path)}",
+        405: f"{echo(request.method)} is not allowed on {echo(request.path)}",
         413: "the request body is larger than this service accepts",
     }
     rendered = _render(kind.single(messages.get(status, error.description or error.name)))
