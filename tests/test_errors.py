@@ -198,7 +198,7 @@ def test_a_6_mb_unknown_hook_is_quoted_200_characters(client: FlaskClient, servi
 
 
 def test_long_ids_paths_and_types_are_quoted_bounded(client: FlaskClient) -> None:
-    """Unknown service id, unknown path, Questionnaire id, content type: each quoted at most 200 characters."""
+    """Unknown service id, path, Questionnaire id, content type: each quoted at most 200 characters."""
     long = "y" * 5000
     for response, status in (
         (client.post(f"/cds-services/{long}", json={}), 404),
