@@ -17,6 +17,11 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """User text shown as it is (a path, a method), cut at `limit` characters with its full length."""
+    return _cut(text, limit)
+
+
 def echo(value: object, limit: int = ECHO_LIMIT) -> str:
     """User input quoted for an error message: repr, cut at `limit` characters with its full length."""
     if isinstance(value, str) and len(value) > limit:

@@ -21,6 +21,7 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
+    clip,
     echo,
     operation_outcome,
 )
@@ -150,8 +151,8 @@ def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     kind = _HTTP_ERRORS.get(status, InternalError if status >= 500 else BadRequest)
     messages = {
-        404: f"no such endpoint: {echo(request.path)}",
-        405: f"{echo(request.method)} is not allowed on {echo(request.path)}",
+        404: f"no such endpoint: {clip(request.path)}",
+        405: f"{clip(request.method)} is not allowed on {clip(request.path)}",
         413: "the request body is larger than this service accepts",
     }
     rendered = _render(kind.single(messages.get(status, error.description or error.name)))
