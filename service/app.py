@@ -12,6 +12,7 @@ from service.api import apidocs, catalogue, discovery, evaluate, feedback, fhir,
 from service.cdshooks.fetch import FetchSettings, FhirFetcher
 from service.cdshooks.pipeline import HookPipeline
 from service.cdshooks.prefetch import prefetch_templates
+from service.cdshooks.services import build_services
 from service.cdshooks.smart import SmartSettings
 from service.config import load_config
 from service.engine.ruleset import load_ruleset
@@ -50,9 +51,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["questionnaire"] = build_questionnaire(ruleset.reference.questionnaire, canonical)
     # FetchConfigError: an unsafe or unusable FHIR_* setting refuses to start, like a flawed rule set.
-    app.extensions["fhir_fetcher"] = FhirFetcher(
-        FetchSettings.from_config(app.config), prefetch_templates(ruleset.reference)
-    )
+    templates = prefetch_templates(ruleset.reference)
+    app.extensions["fhir_fetcher"] = FhirFetcher(FetchSettings.from_config(app.config), templates)
+    # One service per hook: SERVICE_ID (patient-view), SERVICE_ID-order-select, SERVICE_ID-order-sign.
+    app.extensions["cds_services"] = build_services(str(app.config["SERVICE_ID"]), templates)
     today = app.config.get("TODAY")
     app.extensions["today"] = (lambda: date.fromisoformat(today)) if today else date.today
     register_error_handlers(app)
@@ -61,7 +63,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     install_stores(app)  # opens and migrates the feedback and audit database
     for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs, smart):
         app.register_blueprint(module.bp)
-    pipeline = HookPipeline(app.extensions["evaluator"], discovery.SERVICE_HOOKS)
+    pipeline = HookPipeline(app.extensions["evaluator"], app.extensions["cds_services"])
     app.extensions["hook_pipeline"] = pipeline
     if int(app.config["WARM_UP"]):
         # Under gunicorn --preload this runs once in the master; the workers inherit it on fork.
