@@ -54,7 +54,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     templates = prefetch_templates(ruleset.reference)
     app.extensions["fhir_fetcher"] = FhirFetcher(FetchSettings.from_config(app.config), templates)
     # One service per hook: SERVICE_ID (patient-view), SERVICE_ID-order-select, SERVICE_ID-order-sign.
-    app.extensions["cds_services"] = build_services(str(app.config["SERVICE_ID"]), templates)
+    app.extensions["cds_services"] = build_services(
+        str(app.config["SERVICE_ID"]), templates, smart_settings.launch_url if smart_settings else None
+    )
     today = app.config.get("TODAY")
     app.extensions["today"] = (lambda: date.fromisoformat(today)) if today else date.today
     register_error_handlers(app)

@@ -83,13 +83,24 @@ class CdsService:
         }
 
 
-def build_services(base_id: str, templates: Mapping[str, str]) -> dict[str, CdsService]:
+SMART_NOTE = (
+    " Its unanswered-questions and likely-benign cards link a SMART app ({url}) that records the"
+    " twitching assessment in the EHR."
+)
+
+
+def build_services(
+    base_id: str, templates: Mapping[str, str], smart_launch: str | None = None
+) -> dict[str, CdsService]:
     """Each hook's service keyed by its id, patient-view first under `base_id` itself."""
     services = {}
     for spec in HOOK_SERVICES:
         service_id = base_id + spec.suffix
         prefetch = {key: templates[key] for key in spec.prefetch_keys}
+        description = spec.description
+        if smart_launch and spec.hook == "patient-view":
+            description += SMART_NOTE.format(url=smart_launch)  # only when an app is registered
         services[service_id] = CdsService(
-            service_id, spec.hook, spec.title, spec.description, spec.usage, prefetch
+            service_id, spec.hook, spec.title, description, spec.usage, prefetch
         )
     return services
