@@ -102,3 +102,61 @@ def test_a_good_request_is_untouched(gunicorn: str) -> None:
     assert got == 200
     assert headers["content-type"] == "application/json"
     assert orjson.loads(body)
+
+
+def _hook_body() -> bytes:
+    from tests.conftest import EXAMPLES, bundle_to_hook_request, load_json
+
+    call = bundle_to_hook_request(
+        load_json(EXAMPLES / "lab-high-potassium" / "fires-severe-hyperkalaemia.json")
+    )
+    return orjson.dumps(call)
+
+
+def _post(path: str, body: bytes, chunked: bool = False) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    if not chunked:
+        return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    pieces = [body[i : i + 1000] for i in range(0, len(body), 1000)]
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + chunks
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One whole HTTP answer from a kept-alive connection (its Content-Length decides the end)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in lines)}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_read_in_one_call_is_the_whole_body(gunicorn: str, chunked: bool) -> None:
+    """Through the workers' one-call body read: the same cards, chunked or not, and keep-alive intact."""
+    url = urlsplit(gunicorn)
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=10) as sock:
+        sock.sendall(_post("/cds-services/twitching-red-flags", _hook_body(), chunked))
+        status, headers, body = _answer(sock)
+        assert status == 200, body[:300]
+        assert orjson.loads(body)["cards"][0]["indicator"] == "critical"
+        if headers.get("connection", "").lower() == "close":
+            return  # the sync worker closes after each request; gthread keeps the connection
+        # The next request on the connection is read only if the first body was consumed exactly.
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _answer(sock)[0] == 200
+
+
+def test_a_body_past_the_limit_is_still_413(gunicorn: str) -> None:
+    """The one-call read does not bypass MAX_CONTENT_LENGTH: 413 before the body is read."""
+    raw = (
+        b"POST /cds-services/twitching-red-flags HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n{"
+    )
+    status, _, body = exchange(gunicorn, raw)
+    assert status == 413
+    assert orjson.loads(body)["resourceType"] == "OperationOutcome"

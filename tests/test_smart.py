@@ -113,7 +113,7 @@ def test_discovery_mentions_the_app_only_when_one_is_registered(
 
     def description(c: FlaskClient) -> str:
         services = c.get("/cds-services").get_json()["services"]
-        return next(s["description"] for s in services if s["hook"] == "patient-view")
+        return str(next(s["description"] for s in services if s["hook"] == "patient-view"))
 
     assert "/smart/launch" in description(smart_app.test_client())
     assert "SMART app" not in description(client)
