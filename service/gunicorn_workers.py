@@ -107,6 +107,7 @@ def one_read_body(app: Any) -> Any:
             environ["wsgi.input"] = OneReadBody(body)
         return app(environ, start_response)
 
+    wrapped.reads_in_one_call = True  # type: ignore[attr-defined]
     return wrapped
 
 
@@ -116,7 +117,13 @@ class _OutcomeErrors:
     def load_wsgi(self) -> None:
         """gunicorn's app, its request body read in one call."""
         super().load_wsgi()  # type: ignore[misc]
-        self.wsgi = one_read_body(self.wsgi)  # type: ignore[has-type]
+        app = self.wsgi  # type: ignore[has-type]
+        # Wrapped inside the Flask app, so that `worker.wsgi` stays the app the worker hooks
+        # in gunicorn.conf.py read (the audit spool's writer is found through it).
+        if hasattr(app, "wsgi_app") and not getattr(app.wsgi_app, "reads_in_one_call", False):
+            app.wsgi_app = one_read_body(app.wsgi_app)
+        elif not hasattr(app, "wsgi_app"):
+            self.wsgi = one_read_body(app)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn decides the status and logs; the body is an OperationOutcome."""
