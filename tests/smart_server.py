@@ -135,7 +135,7 @@ class SmartServer:
         self.codes: dict[str, Code] = {}
         self.tokens: dict[str, Grant] = {}
         self.refused: list[tuple[str, str, int]] = []  # method, path, status of refused FHIR calls
-        self.fhir_calls: list[tuple[str, str]] = []  # method and path of every call to /fhir
+        self.fhir_calls: list[tuple[str, str, str]] = []  # method, path, User-Agent of each /fhir call
         self.id_token_key = OctKey.import_key(secrets.token_bytes(32))
         self.app = self._build()
 
@@ -282,7 +282,7 @@ class SmartServer:
         return Response(orjson.dumps(body), status=status, mimetype=FHIR_JSON)
 
     def _proxy(self, path: str) -> Response:
-        self.fhir_calls.append((request.method, request.path))
+        self.fhir_calls.append((request.method, request.path, request.headers.get("User-Agent", "")))
         auth = request.headers.get("Authorization", "")
         grant = self.tokens.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
         if grant is None:

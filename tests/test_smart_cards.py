@@ -148,7 +148,7 @@ def test_the_keys_read_are_the_ones_the_scopes_cover(app: Flask, ehr: SmartServe
     assert [b.text for b in fetcher.settings.allowlist] == [ehr.fhir_base]
     before = len(ehr.fhir_calls)
     _post(app, {"fhirServer": ehr.fhir_base, "patient": PATIENT, "access_token": "forged"})
-    asked = {path.split("/")[2] for _, path in ehr.fhir_calls[before:]}
+    asked = {path.split("/")[2] for _, path, _ in ehr.fhir_calls[before:]}
     assert asked == {"Patient", "Observation", "QuestionnaireResponse", "Condition"}
 
 
