@@ -31,7 +31,7 @@ HOOK = "/cds-services/twitching-red-flags"
 UNREACHABLE = "http://127.0.0.2:9/fhir"  # the EHR's own data store: never reached in these tests
 PATIENT = "smart-cards-patient-1"
 TOKEN = "tok-3f9a2c71e5"  # distinctive, so an echo is findable (x700 is past the 8192-character cap)
-SCOPES = "launch openid fhirUser patient/Patient.r patient/Observation.rs patient/Condition.rs"
+SCOPES = "launch patient/Patient.r patient/Observation.rs patient/Condition.rs"
 SCOPES += " patient/QuestionnaireResponse.rs patient/QuestionnaireResponse.c"
 
 

@@ -75,8 +75,8 @@ def _audit(found: Stores, response: Response) -> Response:
     # Refused callers (401) are logged, not audited: an unauthenticated flood must not fill the trail.
     if request.endpoint not in (HOOK_ENDPOINT, SMART_CARDS_ENDPOINT) or response.status_code == 401:
         return response
-    # Anyone can send /smart/cards a body: only calls the EHR let through (cards, or a 412/422 on
-    # the record it served) are audited; its refusals (400, 403, 413, ...) are only logged.
+    # Anyone can send /smart/cards a body: its answers (200, 412, 422) are audited, its refusals
+    # (400, 403 for an issuer off the list or a token the EHR refused, 413, ...) only logged.
     status = response.status_code
     if request.endpoint == SMART_CARDS_ENDPOINT and 400 <= status < 500 and status not in (412, 422):
         return response
