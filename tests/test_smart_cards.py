@@ -248,3 +248,60 @@ def test_the_token_is_never_logged_or_stored(
         assert token.encode() not in spooled
         assert token.encode() not in stored
     assert not [line for line in ours if PATIENT in line]
+
+
+def test_it_is_rate_limited_like_any_unauthenticated_caller(ehr: SmartServer, instance: Path) -> None:
+    """No CDS JWT is asked for, but the per-address limit holds: the third call in a minute is a 429."""
+    limited = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_DIR": str(instance),
+            "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
+            "RATE_LIMIT_PER_MINUTE": 2,
+            "SMART_CLIENT_ID": "twitch-cds-smart-app",
+            "SMART_ALLOWED_ISSUERS": orjson.dumps([ehr.fhir_base]).decode(),
+        }
+    )
+    body = {"fhirServer": "https://elsewhere.test/fhir", "patient": PATIENT, "access_token": "t0ken"}
+    statuses = [limited.test_client().post(CARDS, json=body).status_code for _ in range(3)]
+    assert statuses == [403, 403, 429]
+
+
+@pytest.mark.parametrize(
+    ("scopes", "keys"),
+    [
+        # SMART v1: patient/*.read reads every key the rules use.
+        (
+            "launch patient/*.read patient/QuestionnaireResponse.write",
+            {
+                "patient",
+                "observations",
+                "questionnaireResponses",
+                "conditions",
+                "serviceRequests",
+                "medicationRequests",
+                "medicationStatements",
+            },
+        ),
+        # v2 letters: a read without search (Condition.r) does not make Condition searchable.
+        (
+            "launch patient/Patient.r patient/Observation.rs patient/Condition.r patient/MedicationRequest.s",
+            {"patient", "observations", "questionnaireResponses", "medicationRequests"},
+        ),
+        # The required keys are read whatever the scopes say (the EHR refuses them if it must).
+        ("launch", {"patient", "observations", "questionnaireResponses"}),
+    ],
+)
+def test_the_keys_follow_smart_scopes(ehr: SmartServer, instance: Path, scopes: str, keys: set[str]) -> None:
+    """SMART_SCOPES decides which optional keys /smart/cards asks the EHR for."""
+    configured = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_DIR": str(instance),
+            "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
+            "SMART_CLIENT_ID": "twitch-cds-smart-app",
+            "SMART_ALLOWED_ISSUERS": orjson.dumps([ehr.fhir_base]).decode(),
+            "SMART_SCOPES": scopes,
+        }
+    )
+    assert set(configured.extensions["smart_fetcher"].queries) == keys
