@@ -39,7 +39,9 @@ workers = int(_settings["WORKERS"]) or cpu_limit()  # the cgroup quota, v1 or v2
 # sync workers measured fastest on this CPU-bound path (docs/deploy.md); behind a load balancer
 # that keeps connections open, gthread (THREADS > 1) stops one idle keep-alive from holding a worker.
 threads = int(_settings["THREADS"])
-worker_class = "gthread" if threads > 1 else "sync"
+# gunicorn's sync and gthread workers, answering the requests gunicorn itself refuses (oversized or
+# malformed header lines, a bad request line) with an OperationOutcome (service/gunicorn_workers.py).
+worker_class = "service.gunicorn_workers." + ("ThreadWorker" if threads > 1 else "SyncWorker")
 preload_app = True
 # A hook call is answered in milliseconds; 30 s means a stuck worker, which is killed and replaced.
 timeout = 30

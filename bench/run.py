@@ -244,7 +244,20 @@ def _worker_memory_mb(master_pid: int) -> list[tuple[float, float]]:
     return sizes
 
 
-def _environment(args: argparse.Namespace, port: int, keys: Keys, workdir: Path) -> dict[str, str]:
+def _environment(
+    args: argparse.Namespace, port: int, keys: Keys, workdir: Path, config: str = "production"
+) -> dict[str, str]:
+    if config == "development":
+        # The embedded defaults: no JWT, no Redis, audit in SQLite under the instance folder.
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TWITCH_CDS_")},
+            "TWITCH_CDS_BIND": f"{HOST}:{port}",
+            "TWITCH_CDS_WORKERS": str(args.workers),
+            "TWITCH_CDS_THREADS": str(args.threads),
+            "TWITCH_CDS_INSTANCE_DIR": str(workdir / "instance"),
+            "TWITCH_CDS_RATE_LIMIT_PER_MINUTE": str(10**9),
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+        }
     issuers = [{"iss": ISSUER, "jwks_url": keys.jwks_url, "algorithms": ["RS384", "ES384"]}]
     return {
         **os.environ,
@@ -279,7 +292,12 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes], started: float) -> f
 
 @contextlib.contextmanager
 def _gunicorn(
-    args: argparse.Namespace, keys: Keys, workdir: Path, app_uri: str | None = None, **extra: str
+    args: argparse.Namespace,
+    keys: Keys,
+    workdir: Path,
+    app_uri: str | None = None,
+    config: str = "production",
+    **extra: str,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], float]]:
     """`gunicorn -c gunicorn.conf.py [app]` on a free loopback port: (base URL, process, ready s)."""
     port = _free_port()
@@ -291,7 +309,7 @@ def _gunicorn(
         server = subprocess.Popen(
             [*command, *([app_uri] if app_uri else [])],
             cwd=ROOT,
-            env={**_environment(args, port, keys, workdir), **extra},
+            env={**_environment(args, port, keys, workdir, config), **extra},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -321,52 +339,120 @@ def _load(
     return _wrk(base + scenario.path, args.seconds, args.connections, script)
 
 
-def _run_once(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario]) -> None:
+def _cpu_seconds(master_pid: int) -> float:
+    """User + system CPU of gunicorn's workers so far (the children of its master), from /proc."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for child in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
+def _rows(
+    args: argparse.Namespace,
+    keys: Keys,
+    base: str,
+    server: subprocess.Popen[bytes],
+    scenarios: list[Scenario],
+    workdir: Path,
+    label: str = "",
+) -> list[tuple[str, dict[str, float]]]:
+    """wrk on each scenario against one running server, with the workers' CPU per call."""
+    rows = []
+    for i, scenario in enumerate(scenarios):
+        before = _cpu_seconds(server.pid)
+        result = _load(args, keys, base, scenario, workdir / f"{label}s{i}-{secrets.token_hex(2)}")
+        calls = result["rps"] * args.seconds
+        result["cpu_us"] = (_cpu_seconds(server.pid) - before) / calls * 1e6 if calls else float("nan")
+        rows.append((f"{label}{scenario.name}", result))
+    return rows
+
+
+def _print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
+    baseline = rows[0][1]
+    print(title)
+    print(
+        f"{'scenario':<76} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs':>8} {'errors':>6}"
+    )
+    for name, r in rows:
+        cpu = r.get("cpu_us")
+        print(
+            f"{name[:76]:<76} {r['rps']:>8.0f} {r['rps'] / baseline['rps']:>6.2f}"
+            f" {r['p50']:>8.2f} {r['p99']:>8.2f} {'' if cpu is None else f'{cpu:.0f}':>8}"
+            f" {int(r['errors']):>6}"
+        )
+
+
+def _run_config(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario], config: str) -> None:
+    """One configuration: the service, then the field (bench/variants.py; bench/floor.py)."""
+    hooks = [s for s in scenarios if s.path == HOOK_PATH and s.alg == "RS384"]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         (workdir / "metrics").mkdir()
-        with _gunicorn(args, keys, workdir) as (base, server, ready):
+        with _gunicorn(args, keys, workdir, config=config) as (base, server, ready):
             rows = [
                 (
                     "baseline GET /healthz (no auth)",
                     _wrk(f"{base}/healthz", args.seconds, args.connections, None),
                 )
             ]
-            for i, scenario in enumerate(scenarios):
-                rows.append((scenario.name, _load(args, keys, base, scenario, workdir / f"s{i}")))
+            service = scenarios if config == "production" else [s for s in scenarios if s.alg == "RS384"]
+            rows += _rows(args, keys, base, server, service, workdir)
             memory = _worker_memory_mb(server.pid)
-        # The same realistic body through bench/floor.py: the stack's cost without FHIR or rules.
-        floor = Scenario(
-            "floor: same body, RS384 + Redis + SQLite insert, no FHIR/rules", HOOK_PATH, scenarios[0].body
-        )
-        pem = keys.private["RS384"].public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-        with _gunicorn(
-            args,
-            keys,
-            workdir,
-            "bench.floor:create_floor_app()",
-            FLOOR_PUBLIC_KEY_PEM=pem.decode(),
-            FLOOR_AUDIENCE=PUBLIC_BASE_URL + HOOK_PATH,
-        ) as (floor_base, _, _):
-            rows.append((floor.name, _load(args, keys, floor_base, floor, workdir / "floor")))
-    baseline = rows[0][1]
+        if config == "development":
+            # The same bodies through the field: same rules and cards, without the service's edge
+            # (floor) and with fhir.resources on every resource (naive), same gunicorn config.
+            for label, uri in (
+                ("floor (domain work only): ", "bench.variants:create_floor_app()"),
+                ("naive (fhir.resources on all): ", "bench.variants:create_naive_app()"),
+            ):
+                with _gunicorn(args, keys, workdir, uri, config=config) as (fbase, fserver, _):
+                    rows += _rows(args, keys, fbase, fserver, hooks, workdir, label)
+        else:
+            # The realistic body through bench/floor.py: JWT, Redis and an insert, no FHIR or rules.
+            floor = Scenario(
+                "floor: same body, RS384 + Redis + SQLite insert, no FHIR/rules", HOOK_PATH, scenarios[0].body
+            )
+            pem = (
+                keys.private["RS384"]
+                .public_key()
+                .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+            )
+            with _gunicorn(
+                args,
+                keys,
+                workdir,
+                "bench.floor:create_floor_app()",
+                FLOOR_PUBLIC_KEY_PEM=pem.decode(),
+                FLOOR_AUDIENCE=PUBLIC_BASE_URL + HOOK_PATH,
+            ) as (floor_base, floor_server, _):
+                rows += _rows(args, keys, floor_base, floor_server, [floor], workdir)
     kind = f"gthread x{args.threads}" if args.threads > 1 else "sync"
-    print(
-        f"gunicorn -c gunicorn.conf.py, ENV=production (RS384 JWT per call unless marked, Redis replay cache,"
-        f" audit in {'PostgreSQL' if args.database_url else 'SQLite'}), {args.workers} {kind} workers;"
-        f" wrk 2 threads, {args.connections} connections, {args.seconds}s each; {os.cpu_count()} CPUs"
-    )
-    print(f"ready (GET /readyz 200) {ready:.2f}s after start")
-    print(f"{'scenario':<66} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for name, r in rows:
-        print(
-            f"{name:<66} {r['rps']:>8.0f} {r['rps'] / baseline['rps']:>6.2f}"
-            f" {r['p50']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}"
+    if config == "production":
+        setup = (
+            "ENV=production (RS384 JWT per call unless marked, Redis replay cache, audit in"
+            f" {'PostgreSQL' if args.database_url else 'SQLite'})"
         )
+    else:
+        setup = "ENV=development (embedded defaults: no JWT, no Redis, audit in SQLite)"
+    _print_table(
+        f"gunicorn -c gunicorn.conf.py, {setup}, {args.workers} {kind} workers; wrk 2 threads,"
+        f" {args.connections} connections, {args.seconds}s each; {os.cpu_count()} CPUs;"
+        f" ready (GET /readyz 200) {ready:.2f}s after start",
+        rows,
+    )
     print(
         "worker memory after the run: "
         + ", ".join(f"RSS {rss:.0f} MB (PSS {pss:.0f} MB)" for rss, pss in memory)
     )
+
+
+def _run_once(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario]) -> None:
+    configs = ("development", "production") if args.config == "both" else (args.config,)
+    for config in configs:
+        _run_config(args, keys, scenarios, config)
 
 
 def main() -> int:
@@ -379,6 +465,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (>1: gthread)")
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole measurement")
+    parser.add_argument("--config", choices=("development", "production", "both"), default="both")
     parser.add_argument(
         "--redis-url", default=os.environ.get("TWITCH_CDS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     )

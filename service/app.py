@@ -13,6 +13,7 @@ from service.api.smart_cards import bp as smart_cards_bp
 from service.cdshooks.fetch import FetchSettings, FhirFetcher
 from service.cdshooks.pipeline import HookPipeline
 from service.cdshooks.prefetch import prefetch_templates
+from service.cdshooks.services import build_services
 from service.cdshooks.smart import SmartSettings
 from service.config import load_config
 from service.engine.ruleset import load_ruleset
@@ -56,6 +57,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if smart_settings is not None:
         # POST /smart/cards reads the record with the app's token from SMART_ALLOWED_ISSUERS only.
         app.extensions["smart_fetcher"] = smart_settings.fetcher(fetch_settings, templates)
+    # One service per hook: SERVICE_ID (patient-view), SERVICE_ID-order-select, SERVICE_ID-order-sign.
+    app.extensions["cds_services"] = build_services(
+        str(app.config["SERVICE_ID"]), templates, smart_settings.launch_url if smart_settings else None
+    )
     today = app.config.get("TODAY")
     app.extensions["today"] = (lambda: date.fromisoformat(today)) if today else date.today
     register_error_handlers(app)
@@ -65,7 +70,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs, smart):
         app.register_blueprint(module.bp)
     app.register_blueprint(smart_cards_bp)  # POST /smart/cards: its own blueprint, not a public page
-    pipeline = HookPipeline(app.extensions["evaluator"], discovery.SERVICE_HOOKS)
+    pipeline = HookPipeline(app.extensions["evaluator"], app.extensions["cds_services"])
     app.extensions["hook_pipeline"] = pipeline
     if int(app.config["WARM_UP"]):
         # Under gunicorn --preload this runs once in the master; the workers inherit it on fork.

@@ -35,7 +35,6 @@ EXIT_UNREACHABLE = 4
 EXIT_SERVICE_ERROR = 5
 INDICATOR_EXIT = {"info": EXIT_OK, "warning": EXIT_WARNING, "critical": EXIT_CRITICAL}
 DEFAULT_URL = "http://127.0.0.1:8080"
-DEFAULT_SERVICE = "twitching-red-flags"
 EPILOG = """exit status:
   0  success: send answered no card or only info cards; validate found no problem
   1  send: the highest card is a warning; validate: the file has problems (listed)
@@ -168,7 +167,10 @@ def _service_error(response: requests.Response, what: str) -> CliError:
     return CliError("\n".join(lines), EXIT_SERVICE_ERROR)
 
 
-def _discovered(base: str, hook: str, service_id: str, timeout: float, token: str | None) -> dict[str, Any]:
+def _discovered(
+    base: str, hook: str, service_id: str | None, timeout: float, token: str | None
+) -> dict[str, Any]:
+    """The discovery entry for `hook` (the one with `service_id` when several answer it)."""
     url = f"{base}/cds-services"
     response = _http("GET", url, timeout, token)
     if not response.ok:
@@ -186,7 +188,7 @@ def _discovered(base: str, hook: str, service_id: str, timeout: float, token: st
 
 
 def plan_send(
-    data: Any, base: str, hook: str | None, service_id: str, timeout: float, token: str | None
+    data: Any, base: str, hook: str | None, service_id: str | None, timeout: float, token: str | None
 ) -> Target:
     """Decide the endpoint: a hook request goes to the CDS service, a Bundle to /evaluate or a hook."""
     if not isinstance(data, dict):
@@ -195,6 +197,9 @@ def plan_send(
         if hook and hook != data["hook"]:
             print(f"note: hook {data['hook']!r} replaced by {hook!r} (--hook)", file=sys.stderr)
             data = {**data, "hook": hook}
+        if service_id is None:
+            # Each hook has its own service id: discovery says which one answers this hook.
+            service_id = str(_discovered(base, data["hook"], None, timeout, token)["id"])
         return Target(f"{base}/cds-services/{service_id}", data, "application/json")
     if data.get("resourceType") != "Bundle":
         found = data.get("resourceType", "no resourceType")
@@ -301,9 +306,9 @@ def _envelope(check: Any, *args: Any) -> list[Issue]:
 
 def validate_document(data: Any) -> tuple[str, int, list[Issue]]:
     """What the file is, how many resources were checked, and every problem found."""
-    from service.api.discovery import SERVICE_HOOKS
     from service.api.evaluate import _bundle_resources  # the /evaluate envelope check
     from service.cdshooks.envelope import parse_hook_request
+    from service.cdshooks.services import SERVICE_HOOKS
 
     if isinstance(data, dict) and "hook" in data and "resourceType" not in data:
         issues = _envelope(parse_hook_request, data, SERVICE_HOOKS)
@@ -409,7 +414,8 @@ def parser() -> argparse.ArgumentParser:
         " prefetch key discovery lists; a hook request gets this hook",
     )
     send.add_argument(
-        "--service", default=DEFAULT_SERVICE, help=f"CDS service id (default {DEFAULT_SERVICE})"
+        "--service",
+        help="CDS service id to post to (default: the one discovery lists for the hook)",
     )
     send.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"

@@ -21,7 +21,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "https://twitch-cds.example.org/fhir",
         "Base of canonical URLs (Questionnaire, local code systems); set it to your own domain.",
     ),
-    "SERVICE_ID": ("twitching-red-flags", "The CDS service id in discovery and the hook URL."),
+    "SERVICE_ID": (
+        "twitching-red-flags",
+        "The patient-view service id; order-select and order-sign are this id + -order-select, -order-sign.",
+    ),
     "LOG_LEVEL": ("INFO", "Python log level."),
     "WARM_UP": (
         0,

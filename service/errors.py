@@ -5,6 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# Error bodies quote what the caller sent only this far: a 6 MB value is not sent back whole.
+ECHO_LIMIT = 200
+# Backstops for whatever an issue's text or path took from a request without echo() (a key
+# name in a path, a pydantic message): well above any message or path the service writes itself.
+DIAGNOSTICS_LIMIT = 2000
+EXPRESSION_LIMIT = 500
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """User text shown as it is (a path, a method), cut at `limit` characters with its full length."""
+    return _cut(text, limit)
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """User input quoted for an error message: repr, cut at `limit` characters with its full length."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    return _cut(repr(value), limit)
+
 
 @dataclass(frozen=True)
 class Issue:
@@ -14,6 +37,12 @@ class Issue:
     expression: str | None = None
     severity: str = "error"
     code: str = "invalid"
+
+    def __post_init__(self) -> None:
+        # Bounded at the source, so OperationOutcome bodies, data cards and logs all stay small.
+        object.__setattr__(self, "diagnostics", _cut(self.diagnostics, DIAGNOSTICS_LIMIT))
+        if self.expression is not None:
+            object.__setattr__(self, "expression", _cut(self.expression, EXPRESSION_LIMIT))
 
     def to_fhir(self) -> dict[str, Any]:
         """Render as an OperationOutcome.issue element (no empty values)."""

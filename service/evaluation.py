@@ -10,7 +10,7 @@ from service.cdshooks.cards import CardRenderer
 from service.cdshooks.smart import AppLink
 from service.engine.evaluate import evaluate
 from service.engine.ruleset import RuleSet
-from service.errors import BadRequest, InvalidFhir, Issue, MissingData
+from service.errors import BadRequest, InvalidFhir, Issue, MissingData, echo
 from service.facts.extract import FactExtractor
 from service.fhir.intake import DEFAULT_MEMO_BYTES, Intake, Located, Selector, Validator, take_in
 from service.fhir.questionnaire import questionnaire_url
@@ -109,7 +109,7 @@ class Evaluator:
                 else:
                     intake.problems.append(
                         Issue(
-                            f"subject {ref!r} is not this patient; the resource was not used",
+                            f"subject {echo(ref)} is not this patient; the resource was not used",
                             f"{path}.subject",
                             code="business-rule",
                         )

@@ -23,6 +23,17 @@ SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "fhir_examples"
 # The examples are dated around this day; a fixed clock keeps look-backs reproducible.
 EXAMPLE_DAY = "2026-11-22"
+# One CDS service per hook, each at its own id (the default SERVICE_ID answers patient-view).
+HOOK_URLS = {
+    "patient-view": "/cds-services/twitching-red-flags",
+    "order-select": "/cds-services/twitching-red-flags-order-select",
+    "order-sign": "/cds-services/twitching-red-flags-order-sign",
+}
+
+
+def hook_url(hook: str) -> str:
+    """The path of the service that answers this hook (patient-view's for a hook none answers)."""
+    return HOOK_URLS.get(hook, HOOK_URLS["patient-view"])
 
 
 @pytest.fixture(autouse=True, scope="session")

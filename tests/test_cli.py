@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.cli import main
-from tests.conftest import EXAMPLES, ROOT, bundle_to_hook_request, load_json
+from tests.conftest import EXAMPLES, HOOK_URLS, ROOT, bundle_to_hook_request, load_json
 from tests.live import LiveServer, live_app, serve
 
 WEAKNESS = EXAMPLES / "motor-neuron-red-flags" / "fires-weakness.json"
@@ -94,10 +94,35 @@ def test_send_as_a_hook(live: LiveServer, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_send_a_hook_request(live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A JSON with `hook` goes to /cds-services/twitching-red-flags as it is."""
+    """A JSON with `hook` goes as it is to the service discovery lists for that hook."""
     request = write(tmp_path, "request.json", bundle_to_hook_request(load_json(WEAKNESS)))
     assert main(["send", request, "--url", live.url + "/"]) == 2
     assert capsys.readouterr().out.startswith(f"POST {live.url}{SERVICE_URL_PATH}: HTTP 200, 1 card")
+
+
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_send_an_order_hook_request(
+    live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], hook: str
+) -> None:
+    """An order hook's request goes to that hook's own service id; --hook on a Bundle does the same."""
+    call = bundle_to_hook_request(load_json(WEAKNESS))
+    call["hook"] = hook
+    call["context"]["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": []}
+    assert main(["send", write(tmp_path, "request.json", call), "--url", live.url]) == 2
+    assert capsys.readouterr().out.startswith(f"POST {live.url}{HOOK_URLS[hook]}: HTTP 200, 1 card")
+    assert main(["send", str(WEAKNESS), "--url", live.url, "--hook", hook]) == 2
+    assert capsys.readouterr().out.startswith(f"POST {live.url}{HOOK_URLS[hook]}: HTTP 200, 1 card")
+
+
+def test_send_to_a_named_service_that_answers_another_hook(
+    live: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--service is obeyed; the service's 400 on `hook` is exit 5 with its message."""
+    request = write(tmp_path, "request.json", bundle_to_hook_request(load_json(WEAKNESS)))
+    assert main(["send", request, "--url", live.url, "--service", "twitching-red-flags-order-sign"]) == 5
+    err = capsys.readouterr().err
+    assert "HTTP 400" in err
+    assert "send patient-view to /cds-services/twitching-red-flags" in err
 
 
 def test_send_reports_the_services_problems(live: LiveServer, tmp_path: Path) -> None:

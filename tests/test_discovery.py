@@ -7,6 +7,7 @@ from urllib.parse import parse_qs
 
 from flask.testing import FlaskClient
 
+from service.app import create_app
 from service.engine.ruleset import load_ruleset
 from tests.conftest import ROOT
 
@@ -22,17 +23,20 @@ def _no_empty_values(value: Any, path: str = "$") -> list[str]:
     return []
 
 
-def test_discovery_lists_the_service(client: FlaskClient) -> None:
-    """The service on patient-view, order-select and order-sign, every required field, nothing empty."""
+def test_discovery_lists_the_services(client: FlaskClient) -> None:
+    """A service each on patient-view, order-select and order-sign, every required field, nothing empty."""
     response = client.get("/cds-services")
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     body = response.get_json()
     assert _no_empty_values(body) == []
     services = body["services"]
-    assert [s["hook"] for s in services] == ["patient-view", "order-select", "order-sign"]
+    assert [(s["hook"], s["id"]) for s in services] == [
+        ("patient-view", "twitching-red-flags"),
+        ("order-select", "twitching-red-flags-order-select"),
+        ("order-sign", "twitching-red-flags-order-sign"),
+    ]
     for service in services:
-        assert service["id"] == "twitching-red-flags"
         for field in ("title", "description"):
             assert isinstance(service[field], str)
         assert set(service) <= {"hook", "id", "title", "description", "prefetch", "usageRequirements"}
@@ -63,3 +67,18 @@ def test_prefetch_asks_for_exactly_what_the_rules_read(client: FlaskClient) -> N
     assert prefetch["serviceRequests"].startswith("ServiceRequest?patient={{context.patientId}}")
     for template in prefetch.values():
         assert "{{context.patientId}}" in template
+
+
+def test_service_ids_follow_the_setting() -> None:
+    """A deployment's SERVICE_ID names patient-view as before; the order hooks get it plus a suffix."""
+    app = create_app({"TESTING": True, "SERVICE_ID": "local-twitch"})
+    client = app.test_client()
+    services = client.get("/cds-services").get_json()["services"]
+    assert [s["id"] for s in services] == [
+        "local-twitch",
+        "local-twitch-order-select",
+        "local-twitch-order-sign",
+    ]
+    response = client.post("/cds-services/twitching-red-flags", json={})
+    assert response.status_code == 404
+    assert response.get_json()["issue"][0]["code"] == "not-found"

@@ -171,3 +171,65 @@ def test_bug_is_500_outcome_without_patient_data(
     assert "Jane" not in issues[0]["diagnostics"]
     assert "RuntimeError" in caplog.text
     assert "Jane" not in caplog.text
+
+
+# --- bounded echoes: an error quotes the caller's input only up to a limit ---------------------
+
+BIG = 6_000_000  # under MAX_CONTENT_LENGTH (8 MB), so the body is read and refused on its content
+
+
+def _small(response: TestResponse, status: int, limit: int = 4096) -> list[dict[str, Any]]:
+    issues = _outcome(response, status)
+    assert len(response.get_data()) < limit, len(response.get_data())
+    return issues
+
+
+@pytest.mark.parametrize("service", ["twitching-red-flags", "twitching-red-flags-order-sign"])
+def test_a_6_mb_unknown_hook_is_quoted_200_characters(client: FlaskClient, service: str) -> None:
+    """A 6 MB `hook` value: 400 on `hook`; the body quotes its start and says how long it was."""
+    body = {
+        "hook": "x" * BIG,
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/1", "patientId": "1"},
+    }
+    (issue,) = _small(client.post(f"/cds-services/{service}", json=body), 400)
+    assert issue["expression"] == ["hook"]
+    assert f"not '{'x' * 200}'… ({BIG} characters)" in issue["diagnostics"]
+
+
+def test_long_ids_paths_and_types_are_quoted_bounded(client: FlaskClient) -> None:
+    """Unknown service id, path, Questionnaire id, content type: each quoted at most 200 characters."""
+    long = "y" * 5000
+    for response, status in (
+        (client.post(f"/cds-services/{long}", json={}), 404),
+        (client.post(f"/cds-services/{long}/feedback", json={}), 404),
+        (client.get(f"/no/such/{long}"), 404),
+        (client.get(f"/fhir/Questionnaire/{long}"), 404),
+        (client.get(f"/ui/{long}"), 404),
+        (client.put(f"/cds-services/{long}"), 405),
+        (client.post(HOOK, data="{}", content_type=f"application/{long}"), 415),
+    ):
+        (issue,) = _small(response, status)
+        assert "y" * 201 not in issue["diagnostics"]
+        assert "characters)" in issue["diagnostics"], issue["diagnostics"]
+
+
+def test_caller_keys_in_paths_are_bounded(client: FlaskClient) -> None:
+    """A 1 MB prefetch key or unknown FHIR element name: the path names it, cut short."""
+    key = "k" * 1_000_000
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/1", "patientId": "1"},
+        "prefetch": {key: "not a resource"},
+    }
+    (issue,) = _small(client.post(HOOK, json=body), 400)
+    assert issue["expression"] == [f"prefetch.{'k' * 200}…"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "z" * BIG,
+        "entry": [{"resource": {"resourceType": "Patient", "id": "1", key: True}}],
+    }
+    issues = _small(client.post("/evaluate", json=bundle), 422)
+    assert all(len(e) <= 600 for e in _expressions(issues))
+    assert any(i["expression"] == ["Bundle.type"] for i in issues)

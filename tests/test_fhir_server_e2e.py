@@ -37,6 +37,7 @@ from tests.conftest import (
     ROOT,
     bundle_to_hook_request,
     card_rules,
+    hook_url,
     load_json,
     server_only,
     shared,
@@ -234,7 +235,7 @@ def _server_only(patient: Patient, base: str, token: str = TOKEN) -> dict[str, A
 
 
 def _cards(client: FlaskClient, call: dict[str, Any]) -> list[dict[str, Any]]:
-    response = client.post(HOOK, json=call)
+    response = client.post(hook_url(call["hook"]), json=call)
     assert response.status_code == 200, response.get_data(as_text=True)[:2000]
     return list(response.get_json()["cards"])
 

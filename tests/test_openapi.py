@@ -17,8 +17,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
-from service.api.discovery import SERVICE_HOOKS
 from service.app import create_app
+from service.cdshooks.services import SERVICE_HOOKS
 from tests.conftest import EXAMPLE_DAY, EXAMPLES, ROOT, bundle_to_hook_request, load_json
 
 SPEC_PATH = ROOT / "openapi.yaml"

@@ -1,15 +1,24 @@
-"""order-select and order-sign: the same service, and cards that take the draft orders into account."""
+"""order-select and order-sign: a service each, and cards that take the draft orders into account."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import EXAMPLES, bundle_to_hook_request, card_rules, load_json, topic
+from tests.conftest import (
+    EXAMPLES,
+    HOOK_URLS,
+    bundle_to_hook_request,
+    card_rules,
+    discovery_templates,
+    hook_url,
+    load_json,
+    topic,
+)
 
-HOOK = "/cds-services/twitching-red-flags"
 EMG = ("http://www.ama-assn.org/go/cpt", "95886")
 NEUROLOGY = ("http://snomed.info/sct", "308474002")
 
@@ -54,16 +63,22 @@ def suggested(card: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def test_discovery_lists_every_hook_with_the_same_prefetch(client: FlaskClient) -> None:
-    """One service id on three hooks; each entry advertises the same prefetch templates."""
+def test_discovery_lists_a_service_per_hook(client: FlaskClient) -> None:
+    """Three ids, one hook each; every service asks for all the data the rules read (medications too)."""
     services = client.get("/cds-services").get_json()["services"]
     assert {s["hook"]: s["id"] for s in services} == {
         "patient-view": "twitching-red-flags",
-        "order-select": "twitching-red-flags",
-        "order-sign": "twitching-red-flags",
+        "order-select": "twitching-red-flags-order-select",
+        "order-sign": "twitching-red-flags-order-sign",
     }
-    first = services[0]["prefetch"]
-    assert all(s["prefetch"] == first for s in services)
+    for service in services:
+        # Every hook runs the whole rule set, so each needs every key (see service/cdshooks/services.py).
+        assert service["prefetch"] == discovery_templates()
+        assert {"medicationRequests", "medicationStatements"} <= set(service["prefetch"])
+    assert len({s["title"] for s in services}) == 3
+    assert len({s["description"] for s in services}) == 3
+    order_usage = [s["usageRequirements"] for s in services if s["hook"] != "patient-view"]
+    assert all("context.draftOrders" in u for u in order_usage)
 
 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
@@ -72,7 +87,7 @@ def test_without_drafts_the_cards_match_patient_view(client: FlaskClient, hook: 
     call = order_call(
         hook, draft("med-1", "http://www.nlm.nih.gov/research/umls/rxnorm", "197361", "MedicationRequest")
     )
-    response = client.post(HOOK, json=call)
+    response = client.post(hook_url(hook), json=call)
     assert response.status_code == 200, response.get_data(as_text=True)
     (card,) = response.get_json()["cards"]
     assert card["source"]["topic"]["code"] == topic("motor-neuron-red-flags")
@@ -83,7 +98,7 @@ def test_without_drafts_the_cards_match_patient_view(client: FlaskClient, hook: 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
 def test_a_drafted_order_is_not_suggested_again(client: FlaskClient, hook: str) -> None:
     """EMG already drafted: only the referral is suggested, and the detail says why."""
-    response = client.post(HOOK, json=order_call(hook, draft("emg-1", *EMG)))
+    response = client.post(hook_url(hook), json=order_call(hook, draft("emg-1", *EMG)))
     (card,) = response.get_json()["cards"]
     assert card["indicator"] == "critical"
     assert suggested(card) == [NEUROLOGY]
@@ -96,7 +111,8 @@ def test_a_drafted_order_is_not_suggested_again(client: FlaskClient, hook: str) 
 def test_an_equivalent_code_counts_as_the_same_order(client: FlaskClient) -> None:
     """A draft coded with another code of the same order (SNOMED EMG) also counts."""
     response = client.post(
-        HOOK, json=order_call("order-sign", draft("emg-2", "http://snomed.info/sct", "306276006"))
+        HOOK_URLS["order-sign"],
+        json=order_call("order-sign", draft("emg-2", "http://snomed.info/sct", "306276006")),
     )
     (card,) = response.get_json()["cards"]
     assert suggested(card) == [NEUROLOGY]
@@ -105,7 +121,7 @@ def test_an_equivalent_code_counts_as_the_same_order(client: FlaskClient) -> Non
 def test_everything_drafted_leaves_the_card_without_suggestions(client: FlaskClient) -> None:
     """Both orders drafted: the red flag is still shown, with nothing left to suggest."""
     call = order_call("order-sign", draft("emg-1", *EMG), draft("ref-1", *NEUROLOGY))
-    (card,) = client.post(HOOK, json=call).get_json()["cards"]
+    (card,) = client.post(HOOK_URLS["order-sign"], json=call).get_json()["cards"]
     assert card["indicator"] == "critical"
     assert "suggestions" not in card
     assert "selectionBehavior" not in card
@@ -116,18 +132,36 @@ def test_order_hooks_need_draft_orders(client: FlaskClient, hook: str) -> None:
     """Without context.draftOrders the envelope is refused (400), with the path."""
     call = order_call(hook)
     del call["context"]["draftOrders"]
-    response = client.post(HOOK, json=call)
+    response = client.post(hook_url(hook), json=call)
     assert response.status_code == 400
     assert ["context.draftOrders"] in [i.get("expression") for i in response.get_json()["issue"]]
 
 
-def test_unknown_hook_is_still_refused(client: FlaskClient) -> None:
-    """A hook the service is not registered for: 400 naming the hooks it answers."""
+@pytest.mark.parametrize("hook", list(HOOK_URLS))
+def test_unknown_hook_is_still_refused(client: FlaskClient, hook: str) -> None:
+    """A hook no service answers: 400 on `hook`, naming the one hook this service answers."""
     call = order_call("order-sign")
     call["hook"] = "encounter-start"
-    response = client.post(HOOK, json=call)
+    response = client.post(HOOK_URLS[hook], json=call)
     assert response.status_code == 400
-    assert "patient-view, order-select, order-sign" in response.get_json()["issue"][0]["diagnostics"]
+    (issue,) = response.get_json()["issue"]
+    assert issue["expression"] == ["hook"]
+    assert issue["diagnostics"] == f"this service answers {hook}, not 'encounter-start'"
+
+
+@pytest.mark.parametrize(("sent", "service"), list(itertools.permutations(HOOK_URLS, 2)))
+def test_a_hook_sent_to_another_hooks_service_is_refused(
+    client: FlaskClient, sent: str, service: str
+) -> None:
+    """Each service answers its own hook only; another is 400 on `hook` saying where to send it."""
+    call = order_call(sent, draft("emg-1", *EMG))
+    response = client.post(HOOK_URLS[service], json=call)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    (issue,) = response.get_json()["issue"]
+    assert issue["expression"] == ["hook"]
+    assert issue["diagnostics"] == (
+        f"this service answers {service}, not {sent!r}; send {sent} to {HOOK_URLS[sent]}"
+    )
 
 
 def test_active_order_on_the_chart_and_a_draft_both_count(client: FlaskClient) -> None:
@@ -140,7 +174,7 @@ def test_active_order_on_the_chart_and_a_draft_both_count(client: FlaskClient) -
         "type": "searchset",
         "entry": [{"resource": active}],
     }
-    (card,) = client.post(HOOK, json=call).get_json()["cards"]
+    (card,) = client.post(HOOK_URLS["order-select"], json=call).get_json()["cards"]
     assert card_rules([card]) == [topic("motor-neuron-red-flags")]
     assert "suggestions" not in card
     assert "ServiceRequest/ref-active, active" in card["detail"]

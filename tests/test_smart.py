@@ -106,6 +106,19 @@ def test_no_client_id_no_link(client: FlaskClient) -> None:
     assert "links" not in card
 
 
+def test_discovery_mentions_the_app_only_when_one_is_registered(
+    smart_app: Flask, client: FlaskClient
+) -> None:
+    """The patient-view service's description names the launch URL with SMART_CLIENT_ID, not without."""
+
+    def description(c: FlaskClient) -> str:
+        services = c.get("/cds-services").get_json()["services"]
+        return str(next(s["description"] for s in services if s["hook"] == "patient-view"))
+
+    assert "/smart/launch" in description(smart_app.test_client())
+    assert "SMART app" not in description(client)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

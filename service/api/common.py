@@ -1,4 +1,4 @@
-"""What every blueprint reads from the app: the evaluator, the clock, the service id."""
+"""What every blueprint reads from the app: the evaluator, the clock, the CDS services."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import cast
 
 from flask import current_app
 
-from service.errors import NotFound
+from service.cdshooks.services import CdsService
+from service.errors import NotFound, echo
 from service.evaluation import Evaluator
 
 
@@ -21,7 +22,14 @@ def today() -> date:
     return cast(date, current_app.extensions["today"]())
 
 
-def require_service(service_id: str) -> None:
-    """404 unless the URL names this deployment's CDS service."""
-    if service_id != current_app.config["SERVICE_ID"]:
-        raise NotFound.single(f"no CDS service {service_id!r}; see GET /cds-services", None)
+def cds_services() -> dict[str, CdsService]:
+    """This deployment's CDS services by id (one per hook), built by create_app."""
+    return cast(dict[str, CdsService], current_app.extensions["cds_services"])
+
+
+def require_service(service_id: str) -> CdsService:
+    """The service the URL names; 404 unless it is one of this deployment's."""
+    service = cds_services().get(service_id)
+    if service is None:
+        raise NotFound.single(f"no CDS service {echo(service_id)}; see GET /cds-services", None)
+    return service

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response
 
 from service.api.common import evaluator, today
-from service.errors import BadRequest, InvalidFhir, Issue
+from service.errors import BadRequest, InvalidFhir, Issue, echo
 from service.fhir.intake import Located
 from service.metrics import count_cards
 from service.security.limits import check_json_depth
@@ -33,11 +33,11 @@ def _bundle_resources(body: Any) -> tuple[list[Located], set[str]]:
     """Every resource in the Bundle with its path, and the references that name its Patient."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         found = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
-        raise BadRequest.single(f"expected a FHIR Bundle, got {found!r}", "Bundle")
+        raise BadRequest.single(f"expected a FHIR Bundle, got {echo(found)}", "Bundle")
     issues: list[Issue] = []
     bundle_type = body.get("type")
     if not isinstance(bundle_type, str) or bundle_type not in BUNDLE_TYPES:
-        issues.append(Issue(f"Bundle.type {body.get('type')!r} is not a Bundle type", "Bundle.type"))
+        issues.append(Issue(f"Bundle.type {echo(body.get('type'))} is not a Bundle type", "Bundle.type"))
     entries = body.get("entry", [])
     if not isinstance(entries, list):
         raise InvalidFhir.single("Bundle.entry must be an array", "Bundle.entry")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
-from service.errors import NotFound
+from service.errors import NotFound, echo
 from service.web import FHIR_JSON, json_response
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
@@ -15,5 +15,5 @@ def questionnaire(questionnaire_id: str) -> Response:
     """The Questionnaire the service reads responses against."""
     resource = current_app.extensions["questionnaire"]
     if questionnaire_id != resource["id"]:
-        raise NotFound.single(f"no Questionnaire {questionnaire_id!r}", None)
+        raise NotFound.single(f"no Questionnaire {echo(questionnaire_id)}", None)
     return json_response(resource, mimetype=FHIR_JSON)

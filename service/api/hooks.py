@@ -22,11 +22,11 @@ log = logging.getLogger("twitch_cds.hooks")
 @bp.post("/cds-services/<service_id>")
 def call(service_id: str) -> Response:
     """Validate the envelope, read prefetch, fetch what it lacks (412 when out of reach), answer cards."""
-    require_service(service_id)
+    service = require_service(service_id)
     started = time.perf_counter()
     pipeline = cast(HookPipeline, current_app.extensions["hook_pipeline"])
     # Nesting is checked by the pipeline on the parts it reads, not on the whole body.
-    hook_request = pipeline.parse(read_json_body(check_depth=False))
+    hook_request = pipeline.parse(read_json_body(check_depth=False), service)
     g.hook_request = hook_request  # for the audit trail (service/store), written after the answer
     fetcher = cast(FhirFetcher, current_app.extensions["fhir_fetcher"])
 

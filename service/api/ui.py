@@ -8,7 +8,7 @@ from typing import cast
 from flask import Blueprint, Response, current_app, send_file
 from flask.blueprints import BlueprintSetupState
 
-from service.errors import NotFound
+from service.errors import NotFound, echo
 from service.ui.examples import DEFAULT_EXAMPLES_DIR, ExampleIndex
 from service.web import FHIR_JSON, json_response
 
@@ -77,7 +77,7 @@ def asset(asset: str) -> Response:
     """A stylesheet, script or icon of the viewer (only the files shipped in service/ui/static)."""
     mimetype = ASSETS.get(asset)
     if mimetype is None:
-        raise NotFound.single(f"no viewer file {asset!r}", None)
+        raise NotFound.single(f"no viewer file {echo(asset)}", None)
     return _file(STATIC_DIR / asset, mimetype)
 
 
@@ -92,5 +92,5 @@ def example(rule: str, name: str) -> Response:
     """One example Bundle, exactly as stored."""
     found = _examples().find(rule, name)
     if found is None:
-        raise NotFound.single(f"no example {rule}/{name}.json; see GET /examples", None)
+        raise NotFound.single(f"no example {echo(f'{rule}/{name}.json')}; see GET /examples", None)
     return _file(found.path, FHIR_JSON)

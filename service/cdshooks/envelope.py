@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from marshmallow import (
 )
 
 from service.cdshooks.messages import issues_from_messages
-from service.errors import BadRequest
+from service.errors import BadRequest, echo
 
 FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"
 USER_REF = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-\.]{1,64}$"
@@ -105,8 +106,13 @@ class HookRequest:
 _SCHEMA = HookRequestSchema()
 
 
-def parse_hook_request(body: Any, service_hooks: tuple[str, ...]) -> HookRequest:
-    """Validate the envelope; every problem becomes an issue with its path (400)."""
+def parse_hook_request(
+    body: Any, service_hooks: tuple[str, ...], elsewhere: Mapping[str, str] | None = None
+) -> HookRequest:
+    """Validate the envelope; every problem becomes an issue with its path (400).
+
+    `elsewhere` maps each hook another service of this deployment answers to that service's URL.
+    """
     if not isinstance(body, dict):
         raise BadRequest.single("the request body must be a JSON object", None)
     try:
@@ -114,9 +120,10 @@ def parse_hook_request(body: Any, service_hooks: tuple[str, ...]) -> HookRequest
     except ValidationError as exc:
         raise BadRequest(issues_from_messages(exc.messages)) from exc
     if data["hook"] not in service_hooks:
-        raise BadRequest.single(
-            f"this service answers {', '.join(service_hooks)}, not {data['hook']!r}", "hook"
-        )
+        answers = f"this service answers {', '.join(service_hooks)}, not {echo(data['hook'])}"
+        where = (elsewhere or {}).get(data["hook"])
+        hint = f"; send {data['hook']} to {where}" if where else ""
+        raise BadRequest.single(answers + hint, "hook")
     context = data["context"]
     drafts = [
         e["resource"]

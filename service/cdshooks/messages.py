@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.errors import Issue
+from service.errors import ECHO_LIMIT, Issue
 
 
 def issues_from_messages(messages: Any, path: str = "") -> list[Issue]:
@@ -12,7 +12,9 @@ def issues_from_messages(messages: Any, path: str = "") -> list[Issue]:
     if isinstance(messages, dict):
         out: list[Issue] = []
         for key, value in messages.items():
-            child = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+            # A key is the caller's (a prefetch key, say): quoted in a path only up to the limit.
+            name = key if isinstance(key, int) or len(str(key)) <= ECHO_LIMIT else f"{str(key)[:ECHO_LIMIT]}…"
+            child = f"{path}[{name}]" if isinstance(key, int) else f"{path}.{name}" if path else str(name)
             out.extend(issues_from_messages(value, child))
         return out
     if isinstance(messages, list) and all(isinstance(m, str) for m in messages):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from service.cdshooks.envelope import HookRequest, parse_hook_request
 from service.cdshooks.prefetch import PrefetchContent, read_prefetch
+from service.cdshooks.services import CdsService
 from service.evaluation import Evaluator, Outcome
 from service.security.limits import check_json_depth
 
@@ -18,14 +19,17 @@ class HookPipeline:
     """Envelope, prefetch, (optional) fallback fetch, intake, rules: built once per worker."""
 
     evaluator: Evaluator
-    hooks: tuple[str, ...]
+    services: Mapping[str, CdsService]  # by id, patient-view first
 
-    def parse(self, body: Any) -> HookRequest:
-        """Validate the envelope (400 with every problem's path); prefetch is checked where read."""
+    def parse(self, body: Any, service: CdsService | None = None) -> HookRequest:
+        """Validate the envelope for `service` (default: the first); 400 with every problem's path."""
+        service = service or next(iter(self.services.values()))
         # The envelope is walked whole; prefetch resources are walked one by one as they are
         # validated (service/fhir/intake.Validator), so a 1 MB searchset is not walked twice.
         check_json_depth(body, self.evaluator.validator.max_depth, without="prefetch")
-        return parse_hook_request(body, self.hooks)
+        # A hook sent to the wrong service's URL is told where its service is.
+        elsewhere = {s.hook: f"/cds-services/{s.id}" for s in self.services.values() if s is not service}
+        return parse_hook_request(body, (service.hook,), elsewhere)
 
     def answer(
         self,

@@ -9,7 +9,7 @@ from datetime import date
 from typing import Any
 
 from service.engine.reference import Measurement, Questionnaire, ReferenceData
-from service.errors import Issue
+from service.errors import Issue, echo
 from service.facts.labs import LAB_STATUSES, Component, LabReader, Unusable, effective_date
 from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
 from service.fhir.dates import fhir_date
@@ -159,7 +159,7 @@ class FactExtractor:
             bad = [v for v in values if v not in spec.options]
             if bad:
                 return Issue(
-                    f"item {link_id!r}: {bad[0]!r} is not one of {list(spec.options)}",
+                    f"item {link_id!r}: {echo(bad[0])} is not one of {list(spec.options)}",
                     f"{path}.answer",
                 )
             return tuple(values) if spec.repeats else str(values[0])
@@ -385,7 +385,8 @@ class FactExtractor:
                 facts.problems.append(
                     Issue(
                         f"{resource.get_resource_type()}: the medicine is named only by a reference"
-                        f" ({referenced or 'none'}) to a Medication that was not sent; not read",
+                        f" ({echo(referenced) if referenced else 'none'}) to a Medication that was not"
+                        " sent; not read",
                         f"{path}.medicationReference",
                         severity="warning",
                         code="incomplete",

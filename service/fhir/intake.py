@@ -21,7 +21,7 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.engine.reference import ReferenceData
-from service.errors import Issue
+from service.errors import Issue, echo
 from service.fhir.dates import fhir_date
 from service.fhir.raw import scalar_text
 from service.security.limits import json_depth_exceeds
@@ -263,7 +263,9 @@ def validate(located: Located) -> tuple[Any | None, list[Issue]]:
     allowed = STATUS_VALUES.get(kind)
     status = raw.get("status")
     if allowed and isinstance(status, str) and status not in allowed:
-        problems.append(Issue(f"{kind}.status {status!r} is not one of {sorted(allowed)}", f"{path}.status"))
+        problems.append(
+            Issue(f"{kind}.status {echo(status)} is not one of {sorted(allowed)}", f"{path}.status")
+        )
     try:
         model = MODELS[kind].model_validate(raw, strict=True)
     except pydantic.ValidationError as exc:

@@ -43,6 +43,9 @@ from service.store.db import DatabaseError
 log = logging.getLogger("twitch_cds.audit")
 
 BATCH = 200  # records per transaction
+# Records written in groups: the writer is woken at GROUP pending records, else it takes them on its
+# next idle cycle (IDLE_SECONDS). One transaction per group instead of one commit per call.
+GROUP = 64
 CHUNK = 256 * 1024  # bytes read from the file at a time: an outage's backlog is not re-read whole
 IDLE_SECONDS = 1.0  # the thread's wake-up with nothing to write (fsync, adoption, metrics)
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)  # pauses between attempts while the database is down
@@ -178,7 +181,8 @@ class AuditSpool:
         if refused is not None:
             self._refused(refused, str(record.get("request_id", "")), stats)
             return False
-        self._wake.set()
+        if stats.pending >= GROUP:
+            self._wake.set()  # otherwise the writer's next idle cycle takes this group
         SPOOL_PENDING.set(stats.pending)
         SPOOL_BYTES.set(stats.bytes)
         return True

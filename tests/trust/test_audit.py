@@ -170,3 +170,29 @@ def test_request_id_is_echoed_or_made(make_app: Callable[..., Flask]) -> None:
     made = client.get("/healthz", headers={"X-Request-ID": "bad id; with spaces"}).headers["X-Request-ID"]
     assert len(made) == 32
     assert " " not in made
+
+
+def test_audit_records_reach_the_database_in_groups(make_app: Callable[..., Flask], keys: Keys) -> None:
+    """A few calls wait for the writer's idle cycle (within ~1 s); 64 wake it at once, one group."""
+    import time
+
+    from service.store.spool import GROUP, IDLE_SECONDS
+
+    app = make_app()
+    client = SignedClient(app, keys.es384)
+    found = app.extensions["stores"]
+    assert client.post(SERVICE, json=hook_body()).status_code == 200
+    assert found.spool.flush(5)  # the writer has just run a cycle: its next idle one is ~1 s away
+    assert client.post(SERVICE, json=hook_body()).status_code == 200
+    first = time.monotonic()
+    # Not woken for one record: on the file, not yet in the database (the writer is idle).
+    assert len(list(found.audit.calls())) == 1
+    while len(list(found.audit.calls())) < 2:
+        assert time.monotonic() - first < IDLE_SECONDS + 1.5, "the idle cycle did not take the record"
+        time.sleep(0.05)
+    for _ in range(GROUP):
+        assert client.post(SERVICE, json=hook_body()).status_code == 200
+    grouped = time.monotonic()
+    while len(list(found.audit.calls())) < GROUP + 2:
+        assert time.monotonic() - grouped < IDLE_SECONDS, "a full group did not wake the writer"
+        time.sleep(0.02)

@@ -4,7 +4,10 @@
 import { renderCards, renderProblems, summarise } from "./cards.js";
 import { renderQuestionnaire } from "./questionnaire.js";
 
+// Used only when discovery fails: the default ids, one service per hook (patient-view's id is the base).
 const FALLBACK_SERVICE = { id: "twitching-red-flags", hook: "patient-view", prefetch: {} };
+const fallbackFor = (hook) =>
+  hook === FALLBACK_SERVICE.hook ? FALLBACK_SERVICE : { ...FALLBACK_SERVICE, id: `${FALLBACK_SERVICE.id}-${hook}`, hook };
 const ORDER_HOOKS = new Set(["order-select", "order-sign"]);
 const $ = (id) => document.getElementById(id);
 
@@ -204,7 +207,11 @@ function route(text) {
   const chosen = target.startsWith("hook:") ? state.services[Number(target.slice(5))] : null;
   const isObject = json !== null && typeof json === "object" && !Array.isArray(json);
   if (isObject && typeof json.hook === "string") {
-    const service = chosen || state.services.find((s) => s.hook === json.hook) || state.services[0] || FALLBACK_SERVICE;
+    // Each hook has its own service: a hook request goes to the one for its hook, whatever is chosen.
+    const service =
+      state.services.find((s) => s.hook === json.hook) ||
+      chosen ||
+      (state.services.length ? state.services[0] : fallbackFor(json.hook));
     return { url: `/cds-services/${service.id}`, body: text, type: "application/json", serviceId: service.id };
   }
   if (chosen && isObject && json.resourceType === "Bundle") {
