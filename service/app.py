@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from service.api import apidocs, catalogue, discovery, evaluate, feedback, fhir, health, hooks, smart, ui
+from service.api.smart_cards import bp as smart_cards_bp
 from service.cdshooks.fetch import FetchSettings, FhirFetcher
 from service.cdshooks.pipeline import HookPipeline
 from service.cdshooks.prefetch import prefetch_templates
@@ -51,8 +52,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["questionnaire"] = build_questionnaire(ruleset.reference.questionnaire, canonical)
     # FetchConfigError: an unsafe or unusable FHIR_* setting refuses to start, like a flawed rule set.
-    templates = prefetch_templates(ruleset.reference)
-    app.extensions["fhir_fetcher"] = FhirFetcher(FetchSettings.from_config(app.config), templates)
+    fetch_settings, templates = FetchSettings.from_config(app.config), prefetch_templates(ruleset.reference)
+    app.extensions["fhir_fetcher"] = FhirFetcher(fetch_settings, templates)
+    if smart_settings is not None:
+        # POST /smart/cards reads the record with the app's token from SMART_ALLOWED_ISSUERS only.
+        app.extensions["smart_fetcher"] = smart_settings.fetcher(fetch_settings, templates)
     # One service per hook: SERVICE_ID (patient-view), SERVICE_ID-order-select, SERVICE_ID-order-sign.
     app.extensions["cds_services"] = build_services(
         str(app.config["SERVICE_ID"]), templates, smart_settings.launch_url if smart_settings else None
@@ -65,6 +69,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     install_stores(app)  # opens and migrates the feedback and audit database
     for module in (discovery, hooks, evaluate, fhir, catalogue, health, feedback, ui, apidocs, smart):
         app.register_blueprint(module.bp)
+    app.register_blueprint(smart_cards_bp)  # POST /smart/cards: its own blueprint, not a public page
     pipeline = HookPipeline(app.extensions["evaluator"], app.extensions["cds_services"])
     app.extensions["hook_pipeline"] = pipeline
     if int(app.config["WARM_UP"]):

@@ -88,9 +88,9 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "JSON list of FHIR base URLs (iss) the app may be launched from; matched as FHIR_SERVER_ALLOWLIST.",
     ),
     "SMART_SCOPES": (
-        "launch openid fhirUser patient/Patient.r patient/Observation.rs patient/Condition.rs"
+        "launch patient/Patient.r patient/Observation.rs patient/Condition.rs"
         " patient/QuestionnaireResponse.rs patient/QuestionnaireResponse.c",
-        "Scopes the app asks for (SMART v2; openid fhirUser name the user for the hook call).",
+        "Scopes the app asks for (SMART v2); /smart/cards reads each type they let it search.",
     ),
     "SMART_CONNECT_ORIGINS": (
         "[]",

@@ -135,6 +135,7 @@ class SmartServer:
         self.codes: dict[str, Code] = {}
         self.tokens: dict[str, Grant] = {}
         self.refused: list[tuple[str, str, int]] = []  # method, path, status of refused FHIR calls
+        self.fhir_calls: list[tuple[str, str, str]] = []  # method, path, User-Agent of each /fhir call
         self.id_token_key = OctKey.import_key(secrets.token_bytes(32))
         self.app = self._build()
 
@@ -156,6 +157,12 @@ class SmartServer:
         launch_id = secrets.token_urlsafe(12)
         self.launches[launch_id] = patient_id
         return launch_id
+
+    def grant(self, patient_id: str, scopes: str) -> str:
+        """An access token for this patient and these scopes, as the token endpoint would issue it."""
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = Grant(patient_id, frozenset(scopes.split()))
+        return token
 
     def _build(self) -> Flask:
         app = Flask("smart_test_server")
@@ -275,6 +282,7 @@ class SmartServer:
         return Response(orjson.dumps(body), status=status, mimetype=FHIR_JSON)
 
     def _proxy(self, path: str) -> Response:
+        self.fhir_calls.append((request.method, request.path, request.headers.get("User-Agent", "")))
         auth = request.headers.get("Authorization", "")
         grant = self.tokens.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
         if grant is None:

@@ -333,6 +333,27 @@ def test_errors_of_evaluate_match(spec: dict[str, Any], registry: Registry[Any],
         check(spec, registry, _assert_status(response, status), "/evaluate", "post")
 
 
+def test_errors_of_smart_cards_match(spec: dict[str, Any], registry: Registry[Any]) -> None:
+    """400, 403, 404, 413 and 415 from POST /smart/cards (its refusals need no FHIR server)."""
+    smart = {
+        "TODAY": EXAMPLE_DAY,
+        "SMART_CLIENT_ID": "app",
+        "SMART_ALLOWED_ISSUERS": '["http://127.0.0.1:9/fhir"]',
+        "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
+    }
+    client = create_app(smart).test_client()
+    elsewhere = {"fhirServer": "https://elsewhere.test/fhir", "patient": "p", "access_token": "t"}
+    calls = [
+        (400, client.post("/smart/cards", json={**elsewhere, "patient": "not an id"})),
+        (403, client.post("/smart/cards", json=elsewhere)),
+        (404, create_app({"TODAY": EXAMPLE_DAY}).test_client().post("/smart/cards", json=elsewhere)),
+        (413, client.post("/smart/cards", json={**elsewhere, "access_token": "t" * 20_000})),
+        (415, client.post("/smart/cards", data="{}", content_type="text/plain")),
+    ]
+    for status, response in calls:
+        check(spec, registry, _assert_status(response, status), "/smart/cards", "post")
+
+
 def test_body_over_the_limit_matches(spec: dict[str, Any], registry: Registry[Any]) -> None:
     """413 from both POST operations."""
     client = create_app({"TODAY": EXAMPLE_DAY, "MAX_CONTENT_LENGTH": 1000}).test_client()

@@ -4,11 +4,15 @@ Medplum's FHIR server (tests/fhir_server) holds the patient; tests/smart_server.
 stands in front of it as the EHR's authorization server and resource server; the service runs on
 loopback with the SMART app configured. The flow is the clinician's: the card's link, the EHR
 launch, authorization with PKCE, the pre-filled form, answering what is missing, saving, and
-the cards on the updated record; then the refusals.
+the cards on the updated record; then the refusals. Caller authentication is on (ISSUERS): the
+EHR's hook calls carry a signed CDS client JWT, and the app, which has none, gets its cards from
+POST /smart/cards with its own SMART token.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +29,16 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from service.app import create_app
+from service.logs import json_handler
 from tests.conftest import EXAMPLES, bundle_to_hook_request, server_only
 from tests.live import LiveServer, serve
 from tests.smart_server import SmartServer
 from tests.test_browser import browser  # noqa: F401  # the headless Chromium fixture (skips without it)
 from tests.test_fhir_server_e2e import TOKEN, Patient, _load_example, _serving, node  # noqa: F401
+from tests.trust.conftest import KeyServer, SigningKey, bearer, ec_key, mint
 
 CLIENT_ID = "twitch-cds-smart-app"
+CDS_CLIENT = "https://ehr-cds-client.test"  # the EHR as a CDS client: it signs its hook calls
 HOOK = "/cds-services/twitching-red-flags"
 EXAMPLE = EXAMPLES / "unanswered-red-flag-questions" / "fires-bulbar-questions-skipped.json"
 UNANSWERED_SUMMARY = "Some twitching red-flag questions are unanswered"
@@ -64,12 +71,15 @@ class World:
     other: Patient
     coded: Patient  # an active Condition "muscle weakness" (SNOMED 26544005), weakness not asked
     inactive: Patient  # the same Condition, inactive
+    signing_key: SigningKey  # the EHR's CDS client key (ISSUERS trusts its JWKS)
 
 
 @pytest.fixture(scope="module")
 def world(node: str) -> Iterator[World]:  # noqa: F811
     """Medplum with two patients, the SMART server in front of it, the service with the app on."""
     service_wsgi, ehr_wsgi = Deferred(), Deferred()
+    key_server, signing_key = KeyServer(), ec_key("ehr-cds-client")
+    jwks_url = key_server.publish("/jwks", signing_key.jwk)
     with _serving(node) as medplum, serve(service_wsgi) as service, serve(ehr_wsgi) as ehr_live:
         patient = _load_example(medplum, EXAMPLE)
         other = _load_example(medplum, EXAMPLES / "likely-benign" / "fires-short-isolated-calf.json")
@@ -90,12 +100,15 @@ def world(node: str) -> Iterator[World]:  # noqa: F811
                 # The next patient-view call reads the record from Medplum itself, as an EHR's would.
                 "FHIR_SERVER_ALLOWLIST": orjson.dumps([medplum]).decode(),
                 "FHIR_FETCH_BUDGET_SECONDS": 15.0,
+                # Caller authentication on: an unsigned hook call (the app's old way) is a 401.
+                "ISSUERS": [{"iss": CDS_CLIENT, "jwks_url": jwks_url}],
             }
         )
         service_wsgi.app = app
         scopes = app.extensions["smart"].scopes
         ehr.register(CLIENT_ID, service.url + "/smart/app", scopes)
-        yield World(medplum, ehr, service, app, patient, other, coded, inactive)
+        yield World(medplum, ehr, service, app, patient, other, coded, inactive, signing_key)
+    key_server.close()
 
 
 def _wait(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 30) -> Any:
@@ -117,7 +130,8 @@ def _patient_view(world: World) -> list[dict[str, Any]]:
         world.medplum,
         TOKEN,
     )
-    response = requests.post(world.service.url + HOOK, json=call, timeout=60)
+    token = mint(world.signing_key, iss=CDS_CLIENT, aud=world.service.url + HOOK)
+    response = requests.post(world.service.url + HOOK, json=call, headers=bearer(token), timeout=60)
     assert response.status_code == 200, response.text[:2000]
     return list(response.json()["cards"])
 
@@ -149,8 +163,30 @@ def _open_app(driver: WebDriver, world: World, patient_id: str) -> None:
     _wait(driver, lambda d: urlsplit(d.current_url).path == "/smart/app" and d.find_elements(By.ID, "status"))
 
 
-def test_card_link_to_saved_answers_to_updated_cards(browser: webdriver.Chrome, world: World) -> None:  # noqa: F811
-    """The whole loop: link, launch, PKCE authorization, pre-filled form, save, new cards."""
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Everything logged in the process (service, EHR, Medplum's client) at DEBUG and above."""
+    stream = io.StringIO()
+    handler = json_handler(stream)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_card_link_to_saved_answers_to_updated_cards(
+    browser: webdriver.Chrome,  # noqa: F811
+    world: World,
+    json_log: io.StringIO,
+) -> None:
+    """The whole loop: link, launch, PKCE authorization, pre-filled form, save, new cards, with
+    caller authentication on: the app's cards come from /smart/cards on its own SMART token."""
+    # The app's old way to its cards, an unsigned hook call from the browser, is refused.
+    unsigned = requests.post(world.service.url + HOOK, json={"hook": "patient-view"}, timeout=10)
+    assert unsigned.status_code == 401
     before = _patient_view(world)
     card = next(c for c in before if c["summary"].startswith(UNANSWERED_SUMMARY))
     link = card["links"][0]
@@ -191,6 +227,7 @@ def test_card_link_to_saved_answers_to_updated_cards(browser: webdriver.Chrome, 
             radio = form.find_element(By.CSS_SELECTOR, f'[data-link-id="{link_id}"][value="false"]')
             browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", radio)
             radio.click()
+    saved_at = len(world.ehr.fhir_calls)
     browser.find_element(By.ID, "save-button").click()
     _wait(browser, lambda d: _status(d).startswith("Saved to the record as QuestionnaireResponse/"))
     saved_ref = browser.find_element(By.ID, "smart-app").get_attribute("data-saved") or ""
@@ -219,8 +256,38 @@ def test_card_link_to_saved_answers_to_updated_cards(browser: webdriver.Chrome, 
     shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#cards article.card .card-summary")]
     assert sorted(shown) == sorted(c["summary"] for c in now)
     assert not _csp_violations(browser)
-    # Nothing the service answered or logged names the token: it never had it.
-    assert not [t for t in world.ehr.tokens if t in str(now)]
+    # The app's cards were made by /smart/cards from the record its token read (the service's
+    # own fetch, not the browser's: the EHR saw the service's searches with the app's token).
+    by_service = {path for _, path, agent in world.ehr.fhir_calls[saved_at:] if agent == "twitch-cds"}
+    assert by_service >= {
+        f"/fhir/Patient/{world.patient.id}",
+        "/fhir/Observation",
+        "/fhir/QuestionnaireResponse",
+    }
+    assert "could not be fetched" not in _status(browser, "cards-status")
+    # It is audited like a hook call, with no caller (no CDS client signed it), and the cards it issued.
+    stores = world.app.extensions["stores"]
+    assert stores.spool.flush(5), "the audit spool did not reach the database"
+    calls = list(stores.audit.calls())
+    app_calls = [c for c in calls if c["issuer"] is None and c["status"] == 200]
+    assert app_calls, calls
+    shown_uuids = {
+        e.get_attribute("data-uuid") for e in browser.find_elements(By.CSS_SELECTOR, "#cards article.card")
+    }
+    assert {c["uuid"] for c in app_calls[0]["cards"]} == shown_uuids
+    # No token the EHR issued is in any log line of the process (but the test EHR's own authlib,
+    # which logs the tokens it issues at DEBUG), nor in the audit or an answer.
+    logged = "\n".join(
+        line
+        for line in json_log.getvalue().splitlines()
+        if not orjson.loads(line)["logger"].startswith("authlib")
+    )
+    assert "smart cards instance=" in logged
+    assert world.ehr.tokens
+    for token in world.ehr.tokens:
+        assert token not in logged
+        assert token not in str(calls)
+        assert token not in str(now)
 
 
 def link_and_canonical(link: dict[str, Any]) -> str:

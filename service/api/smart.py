@@ -1,7 +1,8 @@
 """The SMART app that records the twitching assessment: its launch page, its app page, its client library.
 
 Everything OAuth happens in the browser with the SMART project's own client (fhirclient, vendored in
-service/ui/static/vendor/): the service never sees an access token, so it cannot log or keep one.
+service/ui/static/vendor/). The service sees the access token only in POST /smart/cards
+(service/api/smart_cards.py), which reads the record with it and never logs or keeps it.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import cast
 
+import orjson
 from flask import Blueprint, Response, current_app, render_template, request
 
 from service.api.ui import STATIC_DIR
+from service.cdshooks.prefetch import prefetch_templates
 from service.cdshooks.smart import SmartSettings
 from service.errors import BadRequest, Forbidden, NotFound, ServiceError
 from service.fhir.questionnaire import questionnaire_url
@@ -119,7 +122,10 @@ def app_page() -> Response:
         return _not_configured()
     reference = current_app.extensions["evaluator"].ruleset.reference
     published = questionnaire_url(current_app.config["CANONICAL_BASE"], reference.questionnaire)
-    return _page("app.html", title="twitching assessment", questionnaire_url=published)
+    # The queries the form's pre-fill runs, on the page itself: discovery wants a CDS client's JWT
+    # once ISSUERS is configured, and the browser has none.
+    templates = orjson.dumps(prefetch_templates(reference)).decode()
+    return _page("app.html", title="twitching assessment", questionnaire_url=published, prefetch=templates)
 
 
 @bp.get("/smart/vendor/<name>")

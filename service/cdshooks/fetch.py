@@ -616,6 +616,10 @@ def complete_prefetch(
                         "incomplete",
                     )
                 )
+    # An optional key this fetcher has no query for (the SMART app's token is not asked to read
+    # it) stays unknown to the rules, as when an EHR sends only some keys: not fetched, not noted.
+    for key in [k for k in gaps if k not in fetcher.queries and k not in REQUIRED_KEYS]:
+        del gaps[key]
     if not gaps:
         return
     refusal = fetcher.refusal(hook_request.fhir_server)

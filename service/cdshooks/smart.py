@@ -1,19 +1,39 @@
-"""The SMART app's settings and the card link that launches it (docs/smart-app.md)."""
+"""The SMART app's settings, the card link that launches it, and its cards request (docs/smart-app.md)."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from service.cdshooks.fetch import Base, FetchConfigError, parse_allowlist, require_https
+from service.cdshooks.envelope import FHIR_ID, HookRequest
+from service.cdshooks.fetch import (
+    Base,
+    FetchConfigError,
+    FetchSettings,
+    FhirFetcher,
+    parse_allowlist,
+    require_https,
+)
+from service.cdshooks.messages import issues_from_messages
+from service.cdshooks.prefetch import KEY_TYPES, REQUIRED_KEYS
+from service.errors import BadRequest
 from service.facts.model import PatientFacts
 
 LAUNCH_PATH = "/smart/launch"
 APP_PATH = "/smart/app"
+# An access token is opaque; real ones (JWTs with claims) run to a few kB. Anything longer is
+# not a token, and the whole cards request stays far below the app-wide body limit.
+MAX_TOKEN_CHARS = 8192
+MAX_URL_CHARS = 2048
+# SMART scopes: v1 `patient/Observation.read`, v2 `patient/Observation.rs`, wildcards, ?queries.
+SCOPE = re.compile(r"^(patient|user)/([A-Za-z]+|\*)\.([a-z*]+)(\?.*)?$")
 
 
 class SmartConfigError(FetchConfigError):
@@ -97,6 +117,82 @@ class SmartSettings:
     def connect_sources(self) -> tuple[str, ...]:
         """The origins the app's page may fetch from: the allowed FHIR servers and any extra origins."""
         return tuple(dict.fromkeys([*(b.origin for b in self.issuers), *self.connect_origins]))
+
+    def allows(self, resource_type: str, op: str) -> bool:
+        """Whether SMART_SCOPES asks for `op` (r: read, s: search) on `resource_type`."""
+        for scope in self.scopes.split():
+            match = SCOPE.match(scope)
+            if not match or match.group(2) not in (resource_type, "*"):
+                continue
+            permission = match.group(3)
+            if permission in ("*", "read") or (re.fullmatch("c?r?u?d?s?", permission) and op in permission):
+                return True
+        return False
+
+    def fetch_keys(self) -> tuple[str, ...]:
+        """The prefetch keys the cards request reads with the app's token: the required ones, and
+        each other one whose search SMART_SCOPES asks for (the rest stay unknown, as if not sent)."""
+        optional = [k for k in KEY_TYPES if k not in REQUIRED_KEYS and self.allows(KEY_TYPES[k], "s")]
+        return (*REQUIRED_KEYS, *optional)
+
+    def fetcher(self, fetch: FetchSettings, templates: Mapping[str, str]) -> FhirFetcher:
+        """The fallback fetcher for the cards request: FHIR_* limits, SMART_ALLOWED_ISSUERS as its allow-list.
+
+        The issuers are allowed implicitly, for this request only: the operator listed them as EHRs
+        the app works with (https outside loopback development, like FHIR_SERVER_ALLOWLIST), and the
+        token it sends them is the one the EHR gave the user's browser for exactly that server.
+        """
+        keys = self.fetch_keys()
+        return FhirFetcher(replace(fetch, allowlist=self.issuers), {k: templates[k] for k in keys})
+
+
+class CardsRequestSchema(Schema):
+    """POST /smart/cards: the launch's FHIR server, its patient and the app's access token."""
+
+    class Meta:
+        unknown = RAISE  # nothing else is read, so anything else is a mistake worth naming
+
+    fhirServer = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL_CHARS))  # noqa: N815
+    patient = fields.String(required=True, validate=validate.Regexp(FHIR_ID))
+    access_token = fields.String(required=True, validate=validate.Length(min=1, max=MAX_TOKEN_CHARS))
+
+
+@dataclass(frozen=True)
+class CardsRequest:
+    """A validated cards request; the token is kept out of repr so it never reaches a log line."""
+
+    fhir_server: str
+    patient_id: str
+    access_token: str = field(repr=False)
+
+    def hook_request(self) -> HookRequest:
+        """The patient-view call it stands for: no prefetch, so the pipeline reads the whole record
+        from fhirServer with the token (the fallback fetch and its budget, size and paging rules)."""
+        return HookRequest(
+            hook="patient-view",
+            hook_instance=str(uuid.uuid4()),
+            patient_id=self.patient_id,
+            user_id="",  # no CDS client names a user here; nothing after the envelope reads it
+            prefetch={},
+            draft_orders=[],
+            fhir_server=self.fhir_server,
+            has_authorization=True,
+            access_token=self.access_token,
+        )
+
+
+_CARDS_SCHEMA = CardsRequestSchema()
+
+
+def parse_cards_request(body: Any) -> CardsRequest:
+    """Validate the body; every problem becomes an issue with its path (400), none quoting the token."""
+    if not isinstance(body, dict):
+        raise BadRequest.single("the request body must be a JSON object", None)
+    try:
+        data = _CARDS_SCHEMA.load(body)
+    except ValidationError as exc:
+        raise BadRequest(issues_from_messages(exc.messages)) from exc
+    return CardsRequest(data["fhirServer"], data["patient"], data["access_token"])
 
 
 @dataclass(frozen=True)

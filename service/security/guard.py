@@ -32,6 +32,9 @@ ENVIRONMENTS = ("development", "production")
 # Blueprints that serve no patient data and do no work worth limiting: open to anyone. The
 # card viewer, API docs and SMART app pages are static pages; their calls to the API are still checked.
 PUBLIC_BLUEPRINTS = frozenset({"health", "catalogue", "fhir", "ui", "apidocs", "smart"})
+# Endpoints whose caller proves access with the EHR's own token in the body, checked by the EHR
+# (docs/smart-app.md): no CDS client JWT, which a browser app cannot have, but rate-limited.
+EHR_TOKEN_ENDPOINTS = frozenset({"smart_cards.cards"})
 DISCOVERY_ENDPOINT = "discovery.services"
 REALM = "twitch-cds"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -225,7 +228,7 @@ def _before(guard: Guard) -> Response | None:
         return None  # preflight, unknown routes (404/405) and static files
     if request.blueprint in PUBLIC_BLUEPRINTS:
         return None
-    if guard.verifier is not None:
+    if guard.verifier is not None and request.endpoint not in EHR_TOKEN_ENDPOINTS:
         refused = _authenticate(guard)
         if refused is not None:
             return refused

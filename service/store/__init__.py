@@ -21,6 +21,7 @@ from service.store.spool import EXIT_DRAIN_SECONDS, AuditSpool
 
 log = logging.getLogger("twitch_cds.audit")
 HOOK_ENDPOINT = "hooks.call"
+SMART_CARDS_ENDPOINT = "smart_cards.cards"  # the SMART app's patient-view cards (docs/smart-app.md)
 SQLITE_FILE = "twitch-cds.sqlite3"
 SPOOL_DIR = "audit-spool"
 
@@ -55,7 +56,7 @@ def _hook_call(found: Stores, response: Response) -> HookCall:
     return HookCall(
         received_at=datetime.now(UTC),
         request_id=g.get("request_id", ""),
-        service_id=(request.view_args or {}).get("service_id", ""),
+        service_id=g.get("audit_service_id") or (request.view_args or {}).get("service_id", ""),
         status=response.status_code,
         latency_ms=(time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
         hook=getattr(hook_request, "hook", None),
@@ -72,7 +73,12 @@ def _hook_call(found: Stores, response: Response) -> HookCall:
 
 def _audit(found: Stores, response: Response) -> Response:
     # Refused callers (401) are logged, not audited: an unauthenticated flood must not fill the trail.
-    if request.endpoint != HOOK_ENDPOINT or response.status_code == 401:
+    if request.endpoint not in (HOOK_ENDPOINT, SMART_CARDS_ENDPOINT) or response.status_code == 401:
+        return response
+    # Anyone can send /smart/cards a body: its answers (200, 412, 422) are audited, its refusals
+    # (400, 403 for an issuer off the list or a token the EHR refused, 413, ...) only logged.
+    status = response.status_code
+    if request.endpoint == SMART_CARDS_ENDPOINT and 400 <= status < 500 and status not in (412, 422):
         return response
     # A local append, never the database: a stalled database must not hold the answer. A full
     # spool refuses the record (counted, logged) and the answer still goes out.

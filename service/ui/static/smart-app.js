@@ -1,7 +1,9 @@
 // The SMART app: completes authorization (fhirclient), reads the launch patient's record, shows the
 // published twitching-assessment Questionnaire pre-filled, saves a new QuestionnaireResponse for
-// that patient, then asks this service's patient-view hook for the cards on the fresh record.
-// The access token stays in the browser (fhirclient's sessionStorage); it is never sent here.
+// that patient, then asks this service (POST /smart/cards) for the patient-view cards on the fresh
+// record. fhirclient keeps the access token in sessionStorage; the only time it leaves the browser
+// for this service is that request, whose body carries it (the service reads the record with it
+// and neither logs nor keeps it), so the cards come whether or not the hook wants a CDS client JWT.
 import { renderCards, summarise } from "./cards.js";
 import { answersByLinkId, renderQuestionnaire } from "./questionnaire.js";
 
@@ -13,7 +15,7 @@ export const NEEDED = [
   ["QuestionnaireResponse", "rs"],
   ["QuestionnaireResponse", "c"],
 ];
-// The prefetch keys the app can fill within those scopes; the service treats the others as unknown.
+// The prefetch keys the form's pre-fill reads within those scopes.
 const READABLE = new Set(["Observation", "Condition", "QuestionnaireResponse"]);
 
 const section = document.getElementById("smart-app");
@@ -68,10 +70,10 @@ async function getJson(url, options) {
   return body;
 }
 
-async function readRecord(client, service, patientId) {
+async function readRecord(client, templates, patientId) {
   const patient = await client.request(`Patient/${encodeURIComponent(patientId)}`);
   const prefetch = { patient };
-  for (const [key, template] of Object.entries(service.prefetch || {})) {
+  for (const [key, template] of Object.entries(templates)) {
     const type = template.split("?")[0];
     if (!READABLE.has(type)) continue;
     const resources = await client.request(fill(template, patientId), { pageLimit: 0, flat: true });
@@ -134,35 +136,17 @@ function mark(view, linkIds, className, note) {
   }
 }
 
-function userReference(client) {
-  // fhirUser may be absolute (https://ehr/fhir/Practitioner/1): the hook wants Type/id.
-  const user = String(client.getFhirUser() || "");
-  const match = /(Practitioner|PractitionerRole|Patient|RelatedPerson)\/([A-Za-z0-9\-.]{1,64})$/.exec(user);
-  return match ? `${match[1]}/${match[2]}` : null;
-}
-
-function uuid4() {
-  return crypto.randomUUID();
-}
-
-async function showCards(client, service, patientId) {
-  const userId = userReference(client);
-  if (!userId) {
-    setStatus(cardsStatus, "Saved, but the EHR did not say who you are (no fhirUser), so the cards cannot be asked for.", "error");
-    return;
-  }
+async function showCards(client, patientId) {
   setStatus(cardsStatus, "Asking the service for the cards on the updated record…");
-  const prefetch = await readRecord(client, service, patientId);
-  const body = {
-    hook: "patient-view",
-    hookInstance: uuid4(),
-    context: { userId, patientId },
-    prefetch,
-  };
-  const answer = await getJson(`../cds-services/${encodeURIComponent(service.id)}`, {
+  // The service reads the record from the EHR with this token: only what it may read, for this patient.
+  const answer = await getJson("../smart/cards", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
+    body: JSON.stringify({
+      fhirServer: client.state.serverUrl,
+      patient: patientId,
+      access_token: client.state.tokenResponse.access_token,
+    }),
   });
   const cards = answer.cards || [];
   const declined = async () => ({ ok: false, message: "Order from the EHR: this app writes only the twitching assessment." });
@@ -194,13 +178,12 @@ async function main() {
     return;
   }
   const questionnaireUrl = section.dataset.questionnaireUrl;
-  let service, questionnaire, prefetch;
+  // The patient-view prefetch templates, on the page: discovery may want a CDS client JWT.
+  const templates = JSON.parse(section.dataset.prefetch || "{}");
+  let questionnaire, prefetch;
   try {
-    const discovery = await getJson("../cds-services");
-    service = (discovery.services || []).find((s) => s.hook === "patient-view");
-    if (!service) throw new Error("this service offers no patient-view hook");
     questionnaire = await getJson(`../fhir/Questionnaire/${encodeURIComponent(questionnaireUrl.split("/").pop())}`);
-    prefetch = await readRecord(client, service, patientId);
+    prefetch = await readRecord(client, templates, patientId);
   } catch (error) {
     setStatus(status, `The record could not be read: ${error.message}`, "error");
     return;
@@ -249,7 +232,7 @@ async function main() {
       return;
     }
     try {
-      await showCards(client, service, patientId);
+      await showCards(client, patientId);
     } catch (error) {
       setStatus(cardsStatus, `Saved, but the cards could not be fetched: ${error.message}`, "error");
     } finally {
