@@ -33,3 +33,16 @@ def test_docs_table_is_current() -> None:
     assert actual == expected, (
         "docs/rules.md is stale: run python -m service.engine.catalogue > docs/rules.md"
     )
+
+
+def test_card_source_labels_are_cut_only_where_they_read_whole() -> None:
+    """Up to the first ": ", never inside parentheses; a consumer article by its title."""
+    from service.cdshooks.cards import short_label
+
+    assert short_label("NICE NG42 §1.1: Motor neurone disease") == "NICE NG42 §1.1"
+    terms = "NICE NG127, Terms used in this guideline (refer immediately: within a few hours)"
+    assert short_label(terms) == terms
+    assert (
+        short_label("Seed 000: Thigh muscle twitching", article=True)
+        == "consumer article “Thigh muscle twitching”"
+    )

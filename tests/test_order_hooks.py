@@ -178,3 +178,25 @@ def test_active_order_on_the_chart_and_a_draft_both_count(client: FlaskClient) -
     assert card_rules([card]) == [topic("motor-neuron-red-flags")]
     assert "suggestions" not in card
     assert "ServiceRequest/ref-active, active" in card["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (lambda d: d.update(code="EMG"), "context.draftOrders.entry[0].resource.code"),
+        (lambda d: d.update(code={"coding": "EMG"}), "context.draftOrders.entry[0].resource.code"),
+        (
+            lambda d: d["code"]["coding"].append({"code": 7}),
+            "context.draftOrders.entry[0].resource.code.coding[1]",
+        ),
+        (lambda d: d.update(status=12), "context.draftOrders.entry[0].resource.status"),
+        (lambda d: d.pop("resourceType"), "context.draftOrders.entry[0].resource.resourceType"),
+    ],
+)
+def test_a_malformed_draft_order_is_a_400_with_its_path(client: FlaskClient, change: Any, path: str) -> None:
+    """A draft's code, status or type of the wrong JSON type: 400 naming it (was a 500 for a string code)."""
+    order = draft("sr-1", *NEUROLOGY)
+    change(order)
+    response = client.post(hook_url("order-sign"), json=order_call("order-sign", order))
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert [path] in [i.get("expression") for i in response.get_json()["issue"]]

@@ -25,6 +25,20 @@ def _code_span(text: str) -> str:
     return "`" + text.replace("`", "'") + "`"
 
 
+def short_label(label: str, article: bool = False) -> str:
+    """A source's label for the narrow card: up to its first ": " (the catalogue has the rest).
+
+    Never cut inside parentheses (which would leave one open), and a consumer article is named by
+    its title, not by its seed number alone (which means nothing to a clinician).
+    """
+    head, sep, rest = label.partition(": ")
+    if article and sep:
+        return f"consumer article “{rest}”"
+    if not sep or head.count("(") != head.count(")"):
+        return label
+    return head
+
+
 class CardRenderer:
     """Builds cards for one deployment (its canonical base names the local code systems)."""
 
@@ -95,7 +109,7 @@ class CardRenderer:
         labels = []
         for sid in firing.rule.sources:
             source = self.reference.sources[sid]
-            short = source.label.split(":")[0]  # the catalogue carries the full title
+            short = short_label(source.label, source.file is not None)
             labels.append(f"[{short}]({source.url})" if source.url else short)
         return "; ".join(labels)
 

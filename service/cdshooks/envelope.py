@@ -17,7 +17,7 @@ from marshmallow import (
 )
 
 from service.cdshooks.messages import issues_from_messages
-from service.errors import BadRequest, echo
+from service.errors import BadRequest, Issue, echo
 
 FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"
 USER_REF = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-\.]{1,64}$"
@@ -106,6 +106,50 @@ class HookRequest:
 _SCHEMA = HookRequestSchema()
 
 
+def _draft_orders(bundle: Any) -> list[dict[str, Any]]:
+    """The draft resources of context.draftOrders; 400 naming each malformed field the rules read.
+
+    A draft is incomplete by nature (a MedicationRequest without intent is tolerated), so only the
+    fields read here are checked: each entry's resource, its resourceType, status and code.
+    """
+    if not isinstance(bundle, dict):
+        return []
+    entries = bundle.get("entry") or []
+    base = "context.draftOrders.entry"
+    if not isinstance(entries, list):
+        raise BadRequest.single("context.draftOrders.entry must be an array", base)
+    problems: list[Issue] = []
+    drafts = []
+    for i, entry in enumerate(entries):
+        where = f"{base}[{i}]"
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            problems.append(Issue(f"{where}: an entry needs a resource object", f"{where}.resource"))
+            continue
+        where += ".resource"
+        if not isinstance(resource.get("resourceType"), str):
+            problems.append(Issue(f"{where}: resourceType must be a string", f"{where}.resourceType"))
+        if "status" in resource and not isinstance(resource["status"], str):
+            problems.append(Issue(f"{where}: status must be a code (a string)", f"{where}.status"))
+        code = resource.get("code")
+        if code is not None:
+            codings = code.get("coding") if isinstance(code, dict) else None
+            if not isinstance(code, dict) or not isinstance(codings if codings is not None else [], list):
+                problems.append(Issue(f"{where}: code must be a CodeableConcept", f"{where}.code"))
+            else:
+                for j, coding in enumerate(codings or ()):
+                    fine = isinstance(coding, dict) and all(
+                        isinstance(coding.get(k, ""), str) for k in ("system", "code")
+                    )
+                    if not fine:
+                        path = f"{where}.code.coding[{j}]"
+                        problems.append(Issue(f"{path}: a Coding with string system and code", path))
+        drafts.append(resource)
+    if problems:
+        raise BadRequest(problems)
+    return drafts
+
+
 def parse_hook_request(
     body: Any, service_hooks: tuple[str, ...], elsewhere: Mapping[str, str] | None = None
 ) -> HookRequest:
@@ -125,11 +169,7 @@ def parse_hook_request(
         hint = f"; send {data['hook']} to {where}" if where else ""
         raise BadRequest.single(answers + hint, "hook")
     context = data["context"]
-    drafts = [
-        e["resource"]
-        for e in (context.get("draftOrders") or {}).get("entry") or ()
-        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-    ]
+    drafts = _draft_orders(context.get("draftOrders"))
     return HookRequest(
         hook=data["hook"],
         hook_instance=str(data["hookInstance"]),
