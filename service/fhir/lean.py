@@ -1,0 +1,781 @@
+"""The hook path's intake: checks on exactly the fields the rules read, straight from the parsed JSON.
+
+fhir.resources builds and validates every element of a resource (~105 µs an Observation, 630 µs a
+Patient) although the rules read a few dozen fields. Here each resource type the rules read has a
+reader that checks only those fields and returns a light, immutable object with the attribute
+names and Python types the fact extractor reads from the R4B models (service/facts/extract.py,
+service/facts/labs.py): Decimal for decimals, date or tz-aware datetime for full dates and times,
+the original string for partial dates and leap seconds, lists for arrays, None for absent.
+Reading any attribute that is not declared raises AttributeError, so nothing unchecked is read.
+
+Checked on those fields: JSON type (string, number, boolean, array, object: FHIR JSON, so a
+decimal sent as "3.1" or a boolean sent as 1 is a problem), non-empty strings, code and id syntax,
+date/dateTime/instant syntax and calendar validity, integer range, required fields, one value per
+choice element ([x]), and the status value sets (intake.STATUS_VALUES). A problem in one of them
+is an Issue at its FHIRPath-style path and the resource is not used, as a model validation error
+would make it. Everything else in a resource is not looked at (the /evaluate endpoint, `validate`
+and the CLI still validate every element with fhir.resources).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from service.errors import Issue
+
+_STRING = re.compile(r"[ \r\n\t\S]+")  # fhir.resources' String pattern (searched, not full-matched)
+_CODE = re.compile(r"[^\s]+(\s[^\s]+)*")
+_ID = re.compile(r"[A-Za-z0-9\-.]+")
+_DATE = re.compile(
+    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?"
+)
+_DATE_TIME = re.compile(
+    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|"
+    r"3[0-1])(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|([+\-])((0[0-9]|"
+    r"1[0-3]):[0-5][0-9]|14:00)))?)?)?"
+)
+_INSTANT = re.compile(
+    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|"
+    r"3[0-1])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|([+\-])((0[0-9]|"
+    r"1[0-3]):[0-5][0-9]|14:00))"
+)
+_LEAP_SECOND = re.compile(r"(?P<head>.*T[0-9]{2}:[0-9]{2}:)60(?P<tail>.*)")
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a parsed value, as a problem names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+class Check:
+    """The problems found in one resource, each with its path; messages name the resource type."""
+
+    __slots__ = ("kind", "problems")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.problems: list[Issue] = []
+
+    def fail(self, message: str, path: str) -> None:
+        """Record one problem."""
+        self.problems.append(Issue(f"{self.kind}: {message}", path))
+
+    def wrong_type(self, expected: str, value: Any, path: str) -> None:
+        """Record a value of the wrong JSON type."""
+        self.fail(f"{path.rsplit('.', 1)[-1]} must be a JSON {expected}, got {_json_type(value)}", path)
+
+    # -- primitives ----------------------------------------------------------------------------
+    def string(self, value: Any, path: str) -> str | None:
+        """A FHIR string: a non-empty JSON string."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.wrong_type("string", value, path)
+            return None
+        if _STRING.search(value) is None:
+            self.fail("a string must not be empty", path)
+            return None
+        return value
+
+    def uri(self, value: Any, path: str) -> str | None:
+        """A uri or canonical: any JSON string (fhir.resources' pattern admits every string)."""
+        if value is None or isinstance(value, str):
+            return value
+        self.wrong_type("string", value, path)
+        return None
+
+    def code(self, value: Any, path: str) -> str | None:
+        """A FHIR code: no leading, trailing or doubled whitespace."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.wrong_type("string", value, path)
+            return None
+        if _CODE.fullmatch(value) is None:
+            self.fail(f"{value[:40]!r} is not a code (no leading, trailing or repeated whitespace)", path)
+            return None
+        return value
+
+    def id(self, value: Any, path: str) -> str | None:
+        """A resource id: letters, digits, '-' and '.'."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.wrong_type("string", value, path)
+            return None
+        if _ID.fullmatch(value) is None:
+            self.fail(f"{value[:40]!r} is not an id (letters, digits, '-' and '.')", path)
+            return None
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        """A JSON true or false."""
+        if value is None or isinstance(value, bool):
+            return value
+        self.wrong_type("boolean", value, path)
+        return None
+
+    def decimal(self, value: Any, path: str) -> Decimal | None:
+        """A JSON number, as the Decimal fhir.resources makes of it (floats through str())."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.wrong_type("number", value, path)
+            return None
+        return Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+
+    def integer(self, value: Any, path: str) -> int | None:
+        """A JSON integer within FHIR's 32-bit range."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.wrong_type("integer", value, path)
+            return None
+        if not _INT_MIN <= value <= _INT_MAX:
+            self.fail(f"{value} is outside the 32-bit integer range", path)
+            return None
+        return value
+
+    def day(self, value: Any, path: str) -> date | str | None:
+        """A FHIR date: a date, or the string itself when partial (YYYY, YYYY-MM)."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.wrong_type("string", value, path)
+            return None
+        if _DATE.fullmatch(value) is None:
+            self.fail(f"{value[:40]!r} is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)", path)
+            return None
+        if len(value) < 10:
+            return value
+        try:
+            return date(int(value[:4]), int(value[5:7]), int(value[8:10]))
+        except ValueError:
+            self.fail(f"{value!r} is not a calendar date", path)
+            return None
+
+    def date_time(self, value: Any, path: str) -> datetime | date | str | None:
+        """A FHIR dateTime: a tz-aware datetime with a time, a date without; partial dates as sent."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.wrong_type("string", value, path)
+            return None
+        if _DATE_TIME.fullmatch(value) is None:
+            self.fail(
+                f"{value[:40]!r} is not a FHIR dateTime (YYYY, YYYY-MM, YYYY-MM-DD or"
+                " YYYY-MM-DDThh:mm:ss with a time zone)",
+                path,
+            )
+            return None
+        if len(value) == 10 or "T" in value:
+            return self._timestamp(value, path)
+        return value
+
+    def instant(self, value: Any, path: str) -> datetime | str | None:
+        """A FHIR instant: a tz-aware datetime to the second."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.wrong_type("string", value, path)
+            return None
+        if _INSTANT.fullmatch(value) is None:
+            self.fail(f"{value[:40]!r} is not a FHIR instant (YYYY-MM-DDThh:mm:ss with a time zone)", path)
+            return None
+        return self._timestamp(value, path)  # type: ignore[return-value]
+
+    def _timestamp(self, value: str, path: str) -> datetime | date | str | None:
+        """A syntactically valid full date or date and time, checked against the calendar."""
+        try:
+            if len(value) == 10:
+                return date(int(value[:4]), int(value[5:7]), int(value[8:10]))
+            leap = _LEAP_SECOND.fullmatch(value)
+            if leap is not None:
+                # datetime cannot hold second 60: checked with 59 and kept as sent (as fhir.resources does)
+                _parse_time(leap.group("head") + "59" + leap.group("tail"))
+                return value
+            return _parse_time(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a calendar date and time", path)
+            return None
+
+    # -- structures ----------------------------------------------------------------------------
+    def obj(self, value: Any, path: str) -> dict[str, Any] | None:
+        """A JSON object, or None (with a problem when something else was sent)."""
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return value
+        self.wrong_type("object", value, path)
+        return None
+
+    def objects(self, value: Any, path: str) -> list[tuple[dict[str, Any], str]] | None:
+        """A JSON array of objects, each with its path; None when absent."""
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            self.wrong_type("array", value, path)
+            return None
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                out.append((item, f"{path}[{i}]"))
+            else:
+                self.wrong_type("object", item, f"{path}[{i}]")
+        return out
+
+    def one_of(self, raw: dict[str, Any], prefix: str, path: str, required: bool = False) -> None:
+        """At most one (with `required`, exactly one) value of a choice element [x]."""
+        present = [k for k in raw if k.startswith(prefix) and k[len(prefix) : len(prefix) + 1].isupper()]
+        if len(present) > 1:
+            self.fail(f"{prefix}[x] takes one value, got {', '.join(sorted(present))}", path)
+        elif required and not present:
+            self.fail(f"{prefix}[x] is required", f"{path}.{prefix}[x]")
+
+    def required(self, raw: dict[str, Any], key: str, path: str) -> None:
+        """A field the resource must carry."""
+        if raw.get(key) is None:
+            self.fail(f"{key} is required", f"{path}.{key}")
+
+    def status(self, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> str | None:
+        """A required status code from its value set."""
+        self.required(raw, "status", path)
+        status = self.code(raw.get("status"), f"{path}.status")
+        if status is not None and allowed and status not in allowed:
+            # Worded as the full validation words it (intake.validate)
+            message = f"{self.kind}.status {status!r} is not one of {sorted(allowed)}"
+            self.problems.append(Issue(message, f"{path}.status"))
+            return None
+        return status
+
+    def coding(self, raw: dict[str, Any], path: str) -> Coding:
+        """A Coding's system, code and display."""
+        return Coding(
+            self.uri(raw.get("system"), f"{path}.system"),
+            self.code(raw.get("code"), f"{path}.code"),
+            self.string(raw.get("display"), f"{path}.display"),
+        )
+
+    def concept(self, value: Any, path: str) -> CodeableConcept | None:
+        """A CodeableConcept's codings and text."""
+        raw = self.obj(value, path)
+        if raw is None:
+            return None
+        codings = self.objects(raw.get("coding"), f"{path}.coding")
+        return CodeableConcept(
+            None if codings is None else [self.coding(c, p) for c, p in codings],
+            self.string(raw.get("text"), f"{path}.text"),
+        )
+
+    def concepts(self, value: Any, path: str) -> list[CodeableConcept] | None:
+        """An array of CodeableConcepts."""
+        items = self.objects(value, path)
+        return None if items is None else [c for c in (self.concept(v, p) for v, p in items) if c is not None]
+
+    def reference(self, value: Any, path: str) -> Reference | None:
+        """A Reference's reference and display."""
+        raw = self.obj(value, path)
+        if raw is None:
+            return None
+        return Reference(
+            self.string(raw.get("reference"), f"{path}.reference"),
+            self.string(raw.get("display"), f"{path}.display"),
+        )
+
+    def quantity(self, value: Any, path: str) -> Quantity | None:
+        """A Quantity: its value a JSON number, its unit, code, system and comparator."""
+        raw = self.obj(value, path)
+        if raw is None:
+            return None
+        return Quantity(
+            self.decimal(raw.get("value"), f"{path}.value"),
+            self.string(raw.get("unit"), f"{path}.unit"),
+            self.uri(raw.get("system"), f"{path}.system"),
+            self.code(raw.get("code"), f"{path}.code"),
+            self.code(raw.get("comparator"), f"{path}.comparator"),
+        )
+
+    def span(self, value: Any, path: str) -> Range | None:
+        """A Range's low and high."""
+        raw = self.obj(value, path)
+        if raw is None:
+            return None
+        return Range(
+            self.quantity(raw.get("low"), f"{path}.low"), self.quantity(raw.get("high"), f"{path}.high")
+        )
+
+    def period(self, value: Any, path: str) -> Period | None:
+        """A Period's start and end."""
+        raw = self.obj(value, path)
+        if raw is None:
+            return None
+        return Period(
+            self.date_time(raw.get("start"), f"{path}.start"), self.date_time(raw.get("end"), f"{path}.end")
+        )
+
+
+def _parse_time(value: str) -> datetime:
+    """A FHIR date and time (already matched: 'Z' or an offset) as a tz-aware datetime."""
+    head, dot, rest = value.partition(".")
+    if dot:
+        # datetime holds microseconds: longer fractions are cut, as pydantic cuts them
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        value = f"{head}.{rest[: min(digits, 6)].ljust(6, '0')}{rest[digits:]}"
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# -- the light objects (attribute names as in the R4B models) ------------------------------------
+class Coding(NamedTuple):
+    """Coding: system, code, display."""
+
+    system: str | None
+    code: str | None
+    display: str | None
+
+
+class CodeableConcept(NamedTuple):
+    """CodeableConcept: coding, text."""
+
+    coding: list[Coding] | None
+    text: str | None
+
+
+class Reference(NamedTuple):
+    """Reference: reference, display."""
+
+    reference: str | None
+    display: str | None
+
+
+class Quantity(NamedTuple):
+    """Quantity: value (Decimal), unit, system, code, comparator."""
+
+    value: Decimal | None
+    unit: str | None
+    system: str | None
+    code: str | None
+    comparator: str | None
+
+
+class Range(NamedTuple):
+    """Range: low, high."""
+
+    low: Quantity | None
+    high: Quantity | None
+
+
+class Period(NamedTuple):
+    """Period: start, end."""
+
+    start: datetime | date | str | None
+    end: datetime | date | str | None
+
+
+class Meta(NamedTuple):
+    """Meta: lastUpdated."""
+
+    lastUpdated: datetime | str | None  # noqa: N815 (the FHIR element name)
+
+
+class ReferenceRange(NamedTuple):
+    """Observation.referenceRange: low, high, type, appliesTo, age."""
+
+    low: Quantity | None
+    high: Quantity | None
+    type: CodeableConcept | None
+    appliesTo: list[CodeableConcept] | None  # noqa: N815
+    age: Range | None
+
+
+class ObservationComponent(NamedTuple):
+    """Observation.component: the fields a component read as a result has."""
+
+    code: CodeableConcept | None
+    valueQuantity: Quantity | None  # noqa: N815
+    valueString: str | None  # noqa: N815
+    dataAbsentReason: CodeableConcept | None  # noqa: N815
+    interpretation: list[CodeableConcept] | None
+    referenceRange: list[ReferenceRange] | None  # noqa: N815
+
+
+class Observation(NamedTuple):
+    """Observation: what the lab, measurement and finding readers read."""
+
+    id: str | None
+    status: str | None
+    code: CodeableConcept | None
+    subject: Reference | None
+    effectiveDateTime: datetime | date | str | None  # noqa: N815
+    effectiveInstant: datetime | str | None  # noqa: N815
+    effectivePeriod: Period | None  # noqa: N815
+    issued: datetime | str | None
+    valueQuantity: Quantity | None  # noqa: N815
+    valueString: str | None  # noqa: N815
+    valueBoolean: bool | None  # noqa: N815
+    valueCodeableConcept: CodeableConcept | None  # noqa: N815
+    dataAbsentReason: CodeableConcept | None  # noqa: N815
+    interpretation: list[CodeableConcept] | None
+    referenceRange: list[ReferenceRange] | None  # noqa: N815
+    component: list[ObservationComponent] | None
+
+    @staticmethod
+    def get_resource_type() -> str:
+        """The FHIR resource type."""
+        return "Observation"
+
+
+class Patient(NamedTuple):
+    """Patient: id, gender, birthDate, deceasedDateTime."""
+
+    id: str | None
+    gender: str | None
+    birthDate: date | str | None  # noqa: N815
+    deceasedDateTime: datetime | date | str | None  # noqa: N815
+
+    @staticmethod
+    def get_resource_type() -> str:
+        """The FHIR resource type."""
+        return "Patient"
+
+
+class Answer(NamedTuple):
+    """QuestionnaireResponse.item.answer: the value[x] the answer reader reads, and nested items."""
+
+    valueBoolean: bool | None  # noqa: N815
+    valueDecimal: Decimal | None  # noqa: N815
+    valueInteger: int | None  # noqa: N815
+    valueCoding: Coding | None  # noqa: N815
+    valueString: str | None  # noqa: N815
+    item: list[Item] | None
+
+
+class Item(NamedTuple):
+    """QuestionnaireResponse.item: linkId, answer, nested items."""
+
+    linkId: str | None  # noqa: N815
+    answer: list[Answer] | None
+    item: list[Item] | None
+
+
+class QuestionnaireResponse(NamedTuple):
+    """QuestionnaireResponse: which questionnaire, its status and time, its items."""
+
+    id: str | None
+    status: str | None
+    questionnaire: str | None
+    authored: datetime | date | str | None
+    meta: Meta | None
+    subject: Reference | None
+    item: list[Item] | None
+
+    @staticmethod
+    def get_resource_type() -> str:
+        """The FHIR resource type."""
+        return "QuestionnaireResponse"
+
+
+class Condition(NamedTuple):
+    """Condition: code, statuses, onset and recorded dates, subject."""
+
+    id: str | None
+    code: CodeableConcept | None
+    clinicalStatus: CodeableConcept | None  # noqa: N815
+    verificationStatus: CodeableConcept | None  # noqa: N815
+    onsetDateTime: datetime | date | str | None  # noqa: N815
+    recordedDate: datetime | date | str | None  # noqa: N815
+    subject: Reference | None
+
+    @staticmethod
+    def get_resource_type() -> str:
+        """The FHIR resource type."""
+        return "Condition"
+
+
+class ServiceRequest(NamedTuple):
+    """ServiceRequest: status, code, subject."""
+
+    id: str | None
+    status: str | None
+    code: CodeableConcept | None
+    subject: Reference | None
+
+    @staticmethod
+    def get_resource_type() -> str:
+        """The FHIR resource type."""
+        return "ServiceRequest"
+
+
+class Contained(NamedTuple):
+    """A contained resource: its type and id, and its code when it is a Medication."""
+
+    resourceType: str  # noqa: N815
+    id: str | None
+    code: CodeableConcept | None
+
+    def get_resource_type(self) -> str:
+        """The FHIR resource type."""
+        return self.resourceType
+
+
+class MedicationRequest(NamedTuple):
+    """MedicationRequest: status, the medicine (coded, or a reference to a contained one), when, subject."""
+
+    id: str | None
+    status: str | None
+    medicationCodeableConcept: CodeableConcept | None  # noqa: N815
+    medicationReference: Reference | None  # noqa: N815
+    contained: list[Contained] | None
+    authoredOn: datetime | date | str | None  # noqa: N815
+    subject: Reference | None
+
+    @staticmethod
+    def get_resource_type() -> str:
+        """The FHIR resource type."""
+        return "MedicationRequest"
+
+
+class MedicationStatement(NamedTuple):
+    """MedicationStatement: status, the medicine, when, subject."""
+
+    id: str | None
+    status: str | None
+    medicationCodeableConcept: CodeableConcept | None  # noqa: N815
+    medicationReference: Reference | None  # noqa: N815
+    contained: list[Contained] | None
+    effectiveDateTime: datetime | date | str | None  # noqa: N815
+    dateAsserted: datetime | date | str | None  # noqa: N815
+    subject: Reference | None
+
+    @staticmethod
+    def get_resource_type() -> str:
+        """The FHIR resource type."""
+        return "MedicationStatement"
+
+
+# -- readers, one per resource type -------------------------------------------------------------
+def _reference_ranges(c: Check, value: Any, path: str) -> list[ReferenceRange] | None:
+    items = c.objects(value, path)
+    if items is None:
+        return None
+    return [
+        ReferenceRange(
+            c.quantity(rr.get("low"), f"{p}.low"),
+            c.quantity(rr.get("high"), f"{p}.high"),
+            c.concept(rr.get("type"), f"{p}.type"),
+            c.concepts(rr.get("appliesTo"), f"{p}.appliesTo"),
+            c.span(rr.get("age"), f"{p}.age"),
+        )
+        for rr, p in items
+    ]
+
+
+def _component(c: Check, raw: dict[str, Any], path: str) -> ObservationComponent:
+    c.required(raw, "code", path)
+    c.one_of(raw, "value", path)
+    return ObservationComponent(
+        c.concept(raw.get("code"), f"{path}.code"),
+        c.quantity(raw.get("valueQuantity"), f"{path}.valueQuantity"),
+        c.string(raw.get("valueString"), f"{path}.valueString"),
+        c.concept(raw.get("dataAbsentReason"), f"{path}.dataAbsentReason"),
+        c.concepts(raw.get("interpretation"), f"{path}.interpretation"),
+        _reference_ranges(c, raw.get("referenceRange"), f"{path}.referenceRange"),
+    )
+
+
+def _observation(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> Observation:
+    c.required(raw, "code", path)
+    c.one_of(raw, "value", path)
+    c.one_of(raw, "effective", path)
+    components = c.objects(raw.get("component"), f"{path}.component")
+    return Observation(
+        c.id(raw.get("id"), f"{path}.id"),
+        c.status(raw, path, allowed),
+        c.concept(raw.get("code"), f"{path}.code"),
+        c.reference(raw.get("subject"), f"{path}.subject"),
+        c.date_time(raw.get("effectiveDateTime"), f"{path}.effectiveDateTime"),
+        c.instant(raw.get("effectiveInstant"), f"{path}.effectiveInstant"),
+        c.period(raw.get("effectivePeriod"), f"{path}.effectivePeriod"),
+        c.instant(raw.get("issued"), f"{path}.issued"),
+        c.quantity(raw.get("valueQuantity"), f"{path}.valueQuantity"),
+        c.string(raw.get("valueString"), f"{path}.valueString"),
+        c.boolean(raw.get("valueBoolean"), f"{path}.valueBoolean"),
+        c.concept(raw.get("valueCodeableConcept"), f"{path}.valueCodeableConcept"),
+        c.concept(raw.get("dataAbsentReason"), f"{path}.dataAbsentReason"),
+        c.concepts(raw.get("interpretation"), f"{path}.interpretation"),
+        _reference_ranges(c, raw.get("referenceRange"), f"{path}.referenceRange"),
+        None if components is None else [_component(c, part, p) for part, p in components],
+    )
+
+
+def _patient(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> Patient:
+    c.one_of(raw, "deceased", path)
+    return Patient(
+        c.id(raw.get("id"), f"{path}.id"),
+        c.code(raw.get("gender"), f"{path}.gender"),
+        c.day(raw.get("birthDate"), f"{path}.birthDate"),
+        c.date_time(raw.get("deceasedDateTime"), f"{path}.deceasedDateTime"),
+    )
+
+
+def _items(c: Check, value: Any, path: str) -> list[Item] | None:
+    items = c.objects(value, path)
+    if items is None:
+        return None
+    out = []
+    for raw, p in items:
+        c.required(raw, "linkId", p)
+        answers = c.objects(raw.get("answer"), f"{p}.answer")
+        out.append(
+            Item(
+                c.string(raw.get("linkId"), f"{p}.linkId"),
+                None if answers is None else [_answer(c, a, ap) for a, ap in answers],
+                _items(c, raw.get("item"), f"{p}.item"),
+            )
+        )
+    return out
+
+
+def _answer(c: Check, raw: dict[str, Any], path: str) -> Answer:
+    c.one_of(raw, "value", path)
+    coding = c.obj(raw.get("valueCoding"), f"{path}.valueCoding")
+    return Answer(
+        c.boolean(raw.get("valueBoolean"), f"{path}.valueBoolean"),
+        c.decimal(raw.get("valueDecimal"), f"{path}.valueDecimal"),
+        c.integer(raw.get("valueInteger"), f"{path}.valueInteger"),
+        None if coding is None else c.coding(coding, f"{path}.valueCoding"),
+        c.string(raw.get("valueString"), f"{path}.valueString"),
+        _items(c, raw.get("item"), f"{path}.item"),
+    )
+
+
+def _response(
+    c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None
+) -> QuestionnaireResponse:
+    meta = c.obj(raw.get("meta"), f"{path}.meta")
+    return QuestionnaireResponse(
+        c.id(raw.get("id"), f"{path}.id"),
+        c.status(raw, path, allowed),
+        c.uri(raw.get("questionnaire"), f"{path}.questionnaire"),
+        c.date_time(raw.get("authored"), f"{path}.authored"),
+        None if meta is None else Meta(c.instant(meta.get("lastUpdated"), f"{path}.meta.lastUpdated")),
+        c.reference(raw.get("subject"), f"{path}.subject"),
+        _items(c, raw.get("item"), f"{path}.item"),
+    )
+
+
+def _condition(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> Condition:
+    c.required(raw, "subject", path)
+    c.one_of(raw, "onset", path)
+    return Condition(
+        c.id(raw.get("id"), f"{path}.id"),
+        c.concept(raw.get("code"), f"{path}.code"),
+        c.concept(raw.get("clinicalStatus"), f"{path}.clinicalStatus"),
+        c.concept(raw.get("verificationStatus"), f"{path}.verificationStatus"),
+        c.date_time(raw.get("onsetDateTime"), f"{path}.onsetDateTime"),
+        c.date_time(raw.get("recordedDate"), f"{path}.recordedDate"),
+        c.reference(raw.get("subject"), f"{path}.subject"),
+    )
+
+
+def _service_request(
+    c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None
+) -> ServiceRequest:
+    c.required(raw, "subject", path)
+    return ServiceRequest(
+        c.id(raw.get("id"), f"{path}.id"),
+        c.status(raw, path, allowed),
+        c.concept(raw.get("code"), f"{path}.code"),
+        c.reference(raw.get("subject"), f"{path}.subject"),
+    )
+
+
+def _contained(c: Check, value: Any, path: str) -> list[Contained] | None:
+    items = c.objects(value, path)
+    if items is None:
+        return None
+    out = []
+    for raw, p in items:
+        kind = raw.get("resourceType")
+        if not isinstance(kind, str) or not kind:
+            c.fail("a contained resource needs its resourceType", f"{p}.resourceType")
+            continue
+        medication = kind == "Medication"
+        out.append(
+            Contained(
+                kind,
+                c.id(raw.get("id"), f"{p}.id"),
+                c.concept(raw.get("code"), f"{p}.code") if medication else None,
+            )
+        )
+    return out
+
+
+def _medication_request(
+    c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None
+) -> MedicationRequest:
+    c.required(raw, "subject", path)
+    c.one_of(raw, "medication", path, required=True)
+    return MedicationRequest(
+        c.id(raw.get("id"), f"{path}.id"),
+        c.status(raw, path, allowed),
+        c.concept(raw.get("medicationCodeableConcept"), f"{path}.medicationCodeableConcept"),
+        c.reference(raw.get("medicationReference"), f"{path}.medicationReference"),
+        _contained(c, raw.get("contained"), f"{path}.contained"),
+        c.date_time(raw.get("authoredOn"), f"{path}.authoredOn"),
+        c.reference(raw.get("subject"), f"{path}.subject"),
+    )
+
+
+def _medication_statement(
+    c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None
+) -> MedicationStatement:
+    c.required(raw, "subject", path)
+    c.one_of(raw, "medication", path, required=True)
+    c.one_of(raw, "effective", path)
+    return MedicationStatement(
+        c.id(raw.get("id"), f"{path}.id"),
+        c.status(raw, path, allowed),
+        c.concept(raw.get("medicationCodeableConcept"), f"{path}.medicationCodeableConcept"),
+        c.reference(raw.get("medicationReference"), f"{path}.medicationReference"),
+        _contained(c, raw.get("contained"), f"{path}.contained"),
+        c.date_time(raw.get("effectiveDateTime"), f"{path}.effectiveDateTime"),
+        c.date_time(raw.get("dateAsserted"), f"{path}.dateAsserted"),
+        c.reference(raw.get("subject"), f"{path}.subject"),
+    )
+
+
+READERS = {
+    "Observation": _observation,
+    "Patient": _patient,
+    "QuestionnaireResponse": _response,
+    "Condition": _condition,
+    "ServiceRequest": _service_request,
+    "MedicationRequest": _medication_request,
+    "MedicationStatement": _medication_statement,
+}
+
+
+def read(raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> tuple[Any | None, list[Issue]]:
+    """The light object of one selected resource, or None with the problems in the fields read."""
+    kind = str(raw.get("resourceType"))
+    check = Check(kind)
+    resource = READERS[kind](check, raw, path, allowed)
+    if check.problems:
+        return None, check.problems
+    return resource, []
