@@ -64,7 +64,11 @@ def _json_type(value: Any) -> str:
 
 
 class Check:
-    """The problems found in one resource, each with its path; messages name the resource type."""
+    """The problems found in one resource, each with its path; messages name the resource type.
+
+    Each check takes the value, its parent's path and its own name: the path of a field is built
+    only when it is needed (a problem, or a structure to descend into), not for every absent one.
+    """
 
     __slots__ = ("kind", "problems")
 
@@ -76,131 +80,137 @@ class Check:
         """Record one problem."""
         self.problems.append(Issue(f"{self.kind}: {message}", path))
 
-    def wrong_type(self, expected: str, value: Any, path: str) -> None:
+    def wrong_type(self, expected: str, value: Any, path: str, name: str) -> None:
         """Record a value of the wrong JSON type."""
-        self.fail(f"{path.rsplit('.', 1)[-1]} must be a JSON {expected}, got {_json_type(value)}", path)
+        self.fail(f"{name} must be a JSON {expected}, got {_json_type(value)}", f"{path}.{name}")
 
     # -- primitives ----------------------------------------------------------------------------
-    def string(self, value: Any, path: str) -> str | None:
+    def string(self, value: Any, path: str, name: str) -> str | None:
         """A FHIR string: a non-empty JSON string."""
         if value is None:
             return None
         if not isinstance(value, str):
-            self.wrong_type("string", value, path)
+            self.wrong_type("string", value, path, name)
             return None
         if _STRING.search(value) is None:
-            self.fail("a string must not be empty", path)
+            self.fail(f"{name} must not be an empty string", f"{path}.{name}")
             return None
         return value
 
-    def uri(self, value: Any, path: str) -> str | None:
+    def uri(self, value: Any, path: str, name: str) -> str | None:
         """A uri or canonical: any JSON string (fhir.resources' pattern admits every string)."""
         if value is None or isinstance(value, str):
             return value
-        self.wrong_type("string", value, path)
+        self.wrong_type("string", value, path, name)
         return None
 
-    def code(self, value: Any, path: str) -> str | None:
+    def code(self, value: Any, path: str, name: str) -> str | None:
         """A FHIR code: no leading, trailing or doubled whitespace."""
         if value is None:
             return None
         if not isinstance(value, str):
-            self.wrong_type("string", value, path)
+            self.wrong_type("string", value, path, name)
             return None
         if _CODE.fullmatch(value) is None:
-            self.fail(f"{value[:40]!r} is not a code (no leading, trailing or repeated whitespace)", path)
+            self.fail(
+                f"{value[:40]!r} is not a code (no leading, trailing or repeated whitespace)",
+                f"{path}.{name}",
+            )
             return None
         return value
 
-    def id(self, value: Any, path: str) -> str | None:
+    def id(self, value: Any, path: str, name: str) -> str | None:
         """A resource id: letters, digits, '-' and '.'."""
         if value is None:
             return None
         if not isinstance(value, str):
-            self.wrong_type("string", value, path)
+            self.wrong_type("string", value, path, name)
             return None
         if _ID.fullmatch(value) is None:
-            self.fail(f"{value[:40]!r} is not an id (letters, digits, '-' and '.')", path)
+            self.fail(f"{value[:40]!r} is not an id (letters, digits, '-' and '.')", f"{path}.{name}")
             return None
         return value
 
-    def boolean(self, value: Any, path: str) -> bool | None:
+    def boolean(self, value: Any, path: str, name: str) -> bool | None:
         """A JSON true or false."""
         if value is None or isinstance(value, bool):
             return value
-        self.wrong_type("boolean", value, path)
+        self.wrong_type("boolean", value, path, name)
         return None
 
-    def decimal(self, value: Any, path: str) -> Decimal | None:
+    def decimal(self, value: Any, path: str, name: str) -> Decimal | None:
         """A JSON number, as the Decimal fhir.resources makes of it (floats through str())."""
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.wrong_type("number", value, path)
+            self.wrong_type("number", value, path, name)
             return None
         return Decimal(str(value)) if isinstance(value, float) else Decimal(value)
 
-    def integer(self, value: Any, path: str) -> int | None:
+    def integer(self, value: Any, path: str, name: str) -> int | None:
         """A JSON integer within FHIR's 32-bit range."""
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            self.wrong_type("integer", value, path)
+            self.wrong_type("integer", value, path, name)
             return None
         if not _INT_MIN <= value <= _INT_MAX:
-            self.fail(f"{value} is outside the 32-bit integer range", path)
+            self.fail(f"{value} is outside the 32-bit integer range", f"{path}.{name}")
             return None
         return value
 
-    def day(self, value: Any, path: str) -> date | str | None:
+    def day(self, value: Any, path: str, name: str) -> date | str | None:
         """A FHIR date: a date, or the string itself when partial (YYYY, YYYY-MM)."""
         if value is None:
             return None
         if not isinstance(value, str):
-            self.wrong_type("string", value, path)
+            self.wrong_type("string", value, path, name)
             return None
         if _DATE.fullmatch(value) is None:
-            self.fail(f"{value[:40]!r} is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)", path)
+            self.fail(f"{value[:40]!r} is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)", f"{path}.{name}")
             return None
         if len(value) < 10:
             return value
         try:
             return date(int(value[:4]), int(value[5:7]), int(value[8:10]))
         except ValueError:
-            self.fail(f"{value!r} is not a calendar date", path)
+            self.fail(f"{value!r} is not a calendar date", f"{path}.{name}")
             return None
 
-    def date_time(self, value: Any, path: str) -> datetime | date | str | None:
+    def date_time(self, value: Any, path: str, name: str) -> datetime | date | str | None:
         """A FHIR dateTime: a tz-aware datetime with a time, a date without; partial dates as sent."""
         if value is None:
             return None
         if not isinstance(value, str):
-            self.wrong_type("string", value, path)
+            self.wrong_type("string", value, path, name)
             return None
         if _DATE_TIME.fullmatch(value) is None:
             self.fail(
                 f"{value[:40]!r} is not a FHIR dateTime (YYYY, YYYY-MM, YYYY-MM-DD or"
                 " YYYY-MM-DDThh:mm:ss with a time zone)",
-                path,
+                f"{path}.{name}",
             )
             return None
         if len(value) == 10 or "T" in value:
-            return self._timestamp(value, path)
+            return self._timestamp(value, path, name)
         return value
 
-    def instant(self, value: Any, path: str) -> datetime | str | None:
+    def instant(self, value: Any, path: str, name: str) -> datetime | str | None:
         """A FHIR instant: a tz-aware datetime to the second."""
         if value is None:
             return None
         if not isinstance(value, str):
-            self.wrong_type("string", value, path)
+            self.wrong_type("string", value, path, name)
             return None
         if _INSTANT.fullmatch(value) is None:
-            self.fail(f"{value[:40]!r} is not a FHIR instant (YYYY-MM-DDThh:mm:ss with a time zone)", path)
+            self.fail(
+                f"{value[:40]!r} is not a FHIR instant (YYYY-MM-DDThh:mm:ss with a time zone)",
+                f"{path}.{name}",
+            )
             return None
-        return self._timestamp(value, path)  # type: ignore[return-value]
+        return self._timestamp(value, path, name)  # type: ignore[return-value]
 
-    def _timestamp(self, value: str, path: str) -> datetime | date | str | None:
+    def _timestamp(self, value: str, path: str, name: str) -> datetime | date | str | None:
         """A syntactically valid full date or date and time, checked against the calendar."""
         try:
             if len(value) == 10:
@@ -212,32 +222,33 @@ class Check:
                 return value
             return _parse_time(value)
         except ValueError:
-            self.fail(f"{value!r} is not a calendar date and time", path)
+            self.fail(f"{value!r} is not a calendar date and time", f"{path}.{name}")
             return None
 
     # -- structures ----------------------------------------------------------------------------
-    def obj(self, value: Any, path: str) -> dict[str, Any] | None:
+    def obj(self, value: Any, path: str, name: str) -> dict[str, Any] | None:
         """A JSON object, or None (with a problem when something else was sent)."""
         if value is None:
             return None
         if isinstance(value, dict):
             return value
-        self.wrong_type("object", value, path)
+        self.wrong_type("object", value, path, name)
         return None
 
-    def objects(self, value: Any, path: str) -> list[tuple[dict[str, Any], str]] | None:
+    def objects(self, value: Any, path: str, name: str) -> list[tuple[dict[str, Any], str]] | None:
         """A JSON array of objects, each with its path; None when absent."""
         if value is None:
             return None
         if not isinstance(value, list):
-            self.wrong_type("array", value, path)
+            self.wrong_type("array", value, path, name)
             return None
+        here = f"{path}.{name}"
         out = []
         for i, item in enumerate(value):
             if isinstance(item, dict):
-                out.append((item, f"{path}[{i}]"))
+                out.append((item, f"{here}[{i}]"))
             else:
-                self.wrong_type("object", item, f"{path}[{i}]")
+                self.fail(f"{name}[{i}] must be a JSON object, got {_json_type(item)}", f"{here}[{i}]")
         return out
 
     def one_of(self, raw: dict[str, Any], prefix: str, path: str, required: bool = False) -> None:
@@ -256,7 +267,7 @@ class Check:
     def status(self, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> str | None:
         """A required status code from its value set."""
         self.required(raw, "status", path)
-        status = self.code(raw.get("status"), f"{path}.status")
+        status = self.code(raw.get("status"), path, "status")
         if status is not None and allowed and status not in allowed:
             # Worded as the full validation words it (intake.validate)
             message = f"{self.kind}.status {status!r} is not one of {sorted(allowed)}"
@@ -265,68 +276,88 @@ class Check:
         return status
 
     def coding(self, raw: dict[str, Any], path: str) -> Coding:
-        """A Coding's system, code and display."""
+        """A Coding's system, code and display (`path` is the Coding's own)."""
         return Coding(
-            self.uri(raw.get("system"), f"{path}.system"),
-            self.code(raw.get("code"), f"{path}.code"),
-            self.string(raw.get("display"), f"{path}.display"),
+            self.uri(raw.get("system"), path, "system"),
+            self.code(raw.get("code"), path, "code"),
+            self.string(raw.get("display"), path, "display"),
         )
 
-    def concept(self, value: Any, path: str) -> CodeableConcept | None:
+    def concept(self, value: Any, path: str, name: str) -> CodeableConcept | None:
         """A CodeableConcept's codings and text."""
-        raw = self.obj(value, path)
-        if raw is None:
+        if value is None:
             return None
-        codings = self.objects(raw.get("coding"), f"{path}.coding")
+        if not isinstance(value, dict):
+            self.wrong_type("object", value, path, name)
+            return None
+        here = f"{path}.{name}"
+        codings = self.objects(value.get("coding"), here, "coding")
         return CodeableConcept(
             None if codings is None else [self.coding(c, p) for c, p in codings],
-            self.string(raw.get("text"), f"{path}.text"),
+            self.string(value.get("text"), here, "text"),
         )
 
-    def concepts(self, value: Any, path: str) -> list[CodeableConcept] | None:
+    def concepts(self, value: Any, path: str, name: str) -> list[CodeableConcept] | None:
         """An array of CodeableConcepts."""
-        items = self.objects(value, path)
-        return None if items is None else [c for c in (self.concept(v, p) for v, p in items) if c is not None]
+        items = self.objects(value, path, name)
+        if items is None:
+            return None
+        out = []
+        for item, p in items:
+            codings = self.objects(item.get("coding"), p, "coding")
+            out.append(
+                CodeableConcept(
+                    None if codings is None else [self.coding(c, cp) for c, cp in codings],
+                    self.string(item.get("text"), p, "text"),
+                )
+            )
+        return out
 
-    def reference(self, value: Any, path: str) -> Reference | None:
+    def reference(self, value: Any, path: str, name: str) -> Reference | None:
         """A Reference's reference and display."""
-        raw = self.obj(value, path)
-        if raw is None:
+        if value is None:
             return None
+        if not isinstance(value, dict):
+            self.wrong_type("object", value, path, name)
+            return None
+        here = f"{path}.{name}"
         return Reference(
-            self.string(raw.get("reference"), f"{path}.reference"),
-            self.string(raw.get("display"), f"{path}.display"),
+            self.string(value.get("reference"), here, "reference"),
+            self.string(value.get("display"), here, "display"),
         )
 
-    def quantity(self, value: Any, path: str) -> Quantity | None:
+    def quantity(self, value: Any, path: str, name: str) -> Quantity | None:
         """A Quantity: its value a JSON number, its unit, code, system and comparator."""
-        raw = self.obj(value, path)
-        if raw is None:
+        if value is None:
             return None
+        if not isinstance(value, dict):
+            self.wrong_type("object", value, path, name)
+            return None
+        here = f"{path}.{name}"
         return Quantity(
-            self.decimal(raw.get("value"), f"{path}.value"),
-            self.string(raw.get("unit"), f"{path}.unit"),
-            self.uri(raw.get("system"), f"{path}.system"),
-            self.code(raw.get("code"), f"{path}.code"),
-            self.code(raw.get("comparator"), f"{path}.comparator"),
+            self.decimal(value.get("value"), here, "value"),
+            self.string(value.get("unit"), here, "unit"),
+            self.uri(value.get("system"), here, "system"),
+            self.code(value.get("code"), here, "code"),
+            self.code(value.get("comparator"), here, "comparator"),
         )
 
-    def span(self, value: Any, path: str) -> Range | None:
+    def span(self, value: Any, path: str, name: str) -> Range | None:
         """A Range's low and high."""
-        raw = self.obj(value, path)
+        raw = self.obj(value, path, name)
         if raw is None:
             return None
-        return Range(
-            self.quantity(raw.get("low"), f"{path}.low"), self.quantity(raw.get("high"), f"{path}.high")
-        )
+        here = f"{path}.{name}"
+        return Range(self.quantity(raw.get("low"), here, "low"), self.quantity(raw.get("high"), here, "high"))
 
-    def period(self, value: Any, path: str) -> Period | None:
+    def period(self, value: Any, path: str, name: str) -> Period | None:
         """A Period's start and end."""
-        raw = self.obj(value, path)
+        raw = self.obj(value, path, name)
         if raw is None:
             return None
+        here = f"{path}.{name}"
         return Period(
-            self.date_time(raw.get("start"), f"{path}.start"), self.date_time(raw.get("end"), f"{path}.end")
+            self.date_time(raw.get("start"), here, "start"), self.date_time(raw.get("end"), here, "end")
         )
 
 
@@ -569,17 +600,17 @@ class MedicationStatement(NamedTuple):
 
 
 # -- readers, one per resource type -------------------------------------------------------------
-def _reference_ranges(c: Check, value: Any, path: str) -> list[ReferenceRange] | None:
-    items = c.objects(value, path)
+def _reference_ranges(c: Check, value: Any, path: str, name: str) -> list[ReferenceRange] | None:
+    items = c.objects(value, path, name)
     if items is None:
         return None
     return [
         ReferenceRange(
-            c.quantity(rr.get("low"), f"{p}.low"),
-            c.quantity(rr.get("high"), f"{p}.high"),
-            c.concept(rr.get("type"), f"{p}.type"),
-            c.concepts(rr.get("appliesTo"), f"{p}.appliesTo"),
-            c.span(rr.get("age"), f"{p}.age"),
+            c.quantity(rr.get("low"), p, "low"),
+            c.quantity(rr.get("high"), p, "high"),
+            c.concept(rr.get("type"), p, "type"),
+            c.concepts(rr.get("appliesTo"), p, "appliesTo"),
+            c.span(rr.get("age"), p, "age"),
         )
         for rr, p in items
     ]
@@ -589,12 +620,12 @@ def _component(c: Check, raw: dict[str, Any], path: str) -> ObservationComponent
     c.required(raw, "code", path)
     c.one_of(raw, "value", path)
     return ObservationComponent(
-        c.concept(raw.get("code"), f"{path}.code"),
-        c.quantity(raw.get("valueQuantity"), f"{path}.valueQuantity"),
-        c.string(raw.get("valueString"), f"{path}.valueString"),
-        c.concept(raw.get("dataAbsentReason"), f"{path}.dataAbsentReason"),
-        c.concepts(raw.get("interpretation"), f"{path}.interpretation"),
-        _reference_ranges(c, raw.get("referenceRange"), f"{path}.referenceRange"),
+        c.concept(raw.get("code"), path, "code"),
+        c.quantity(raw.get("valueQuantity"), path, "valueQuantity"),
+        c.string(raw.get("valueString"), path, "valueString"),
+        c.concept(raw.get("dataAbsentReason"), path, "dataAbsentReason"),
+        c.concepts(raw.get("interpretation"), path, "interpretation"),
+        _reference_ranges(c, raw.get("referenceRange"), path, "referenceRange"),
     )
 
 
@@ -602,23 +633,23 @@ def _observation(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[st
     c.required(raw, "code", path)
     c.one_of(raw, "value", path)
     c.one_of(raw, "effective", path)
-    components = c.objects(raw.get("component"), f"{path}.component")
+    components = c.objects(raw.get("component"), path, "component")
     return Observation(
-        c.id(raw.get("id"), f"{path}.id"),
+        c.id(raw.get("id"), path, "id"),
         c.status(raw, path, allowed),
-        c.concept(raw.get("code"), f"{path}.code"),
-        c.reference(raw.get("subject"), f"{path}.subject"),
-        c.date_time(raw.get("effectiveDateTime"), f"{path}.effectiveDateTime"),
-        c.instant(raw.get("effectiveInstant"), f"{path}.effectiveInstant"),
-        c.period(raw.get("effectivePeriod"), f"{path}.effectivePeriod"),
-        c.instant(raw.get("issued"), f"{path}.issued"),
-        c.quantity(raw.get("valueQuantity"), f"{path}.valueQuantity"),
-        c.string(raw.get("valueString"), f"{path}.valueString"),
-        c.boolean(raw.get("valueBoolean"), f"{path}.valueBoolean"),
-        c.concept(raw.get("valueCodeableConcept"), f"{path}.valueCodeableConcept"),
-        c.concept(raw.get("dataAbsentReason"), f"{path}.dataAbsentReason"),
-        c.concepts(raw.get("interpretation"), f"{path}.interpretation"),
-        _reference_ranges(c, raw.get("referenceRange"), f"{path}.referenceRange"),
+        c.concept(raw.get("code"), path, "code"),
+        c.reference(raw.get("subject"), path, "subject"),
+        c.date_time(raw.get("effectiveDateTime"), path, "effectiveDateTime"),
+        c.instant(raw.get("effectiveInstant"), path, "effectiveInstant"),
+        c.period(raw.get("effectivePeriod"), path, "effectivePeriod"),
+        c.instant(raw.get("issued"), path, "issued"),
+        c.quantity(raw.get("valueQuantity"), path, "valueQuantity"),
+        c.string(raw.get("valueString"), path, "valueString"),
+        c.boolean(raw.get("valueBoolean"), path, "valueBoolean"),
+        c.concept(raw.get("valueCodeableConcept"), path, "valueCodeableConcept"),
+        c.concept(raw.get("dataAbsentReason"), path, "dataAbsentReason"),
+        c.concepts(raw.get("interpretation"), path, "interpretation"),
+        _reference_ranges(c, raw.get("referenceRange"), path, "referenceRange"),
         None if components is None else [_component(c, part, p) for part, p in components],
     )
 
@@ -626,26 +657,26 @@ def _observation(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[st
 def _patient(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> Patient:
     c.one_of(raw, "deceased", path)
     return Patient(
-        c.id(raw.get("id"), f"{path}.id"),
-        c.code(raw.get("gender"), f"{path}.gender"),
-        c.day(raw.get("birthDate"), f"{path}.birthDate"),
-        c.date_time(raw.get("deceasedDateTime"), f"{path}.deceasedDateTime"),
+        c.id(raw.get("id"), path, "id"),
+        c.code(raw.get("gender"), path, "gender"),
+        c.day(raw.get("birthDate"), path, "birthDate"),
+        c.date_time(raw.get("deceasedDateTime"), path, "deceasedDateTime"),
     )
 
 
-def _items(c: Check, value: Any, path: str) -> list[Item] | None:
-    items = c.objects(value, path)
+def _items(c: Check, value: Any, path: str, name: str) -> list[Item] | None:
+    items = c.objects(value, path, name)
     if items is None:
         return None
     out = []
     for raw, p in items:
         c.required(raw, "linkId", p)
-        answers = c.objects(raw.get("answer"), f"{p}.answer")
+        answers = c.objects(raw.get("answer"), p, "answer")
         out.append(
             Item(
-                c.string(raw.get("linkId"), f"{p}.linkId"),
+                c.string(raw.get("linkId"), p, "linkId"),
                 None if answers is None else [_answer(c, a, ap) for a, ap in answers],
-                _items(c, raw.get("item"), f"{p}.item"),
+                _items(c, raw.get("item"), p, "item"),
             )
         )
     return out
@@ -653,29 +684,29 @@ def _items(c: Check, value: Any, path: str) -> list[Item] | None:
 
 def _answer(c: Check, raw: dict[str, Any], path: str) -> Answer:
     c.one_of(raw, "value", path)
-    coding = c.obj(raw.get("valueCoding"), f"{path}.valueCoding")
+    coding = c.obj(raw.get("valueCoding"), path, "valueCoding")
     return Answer(
-        c.boolean(raw.get("valueBoolean"), f"{path}.valueBoolean"),
-        c.decimal(raw.get("valueDecimal"), f"{path}.valueDecimal"),
-        c.integer(raw.get("valueInteger"), f"{path}.valueInteger"),
+        c.boolean(raw.get("valueBoolean"), path, "valueBoolean"),
+        c.decimal(raw.get("valueDecimal"), path, "valueDecimal"),
+        c.integer(raw.get("valueInteger"), path, "valueInteger"),
         None if coding is None else c.coding(coding, f"{path}.valueCoding"),
-        c.string(raw.get("valueString"), f"{path}.valueString"),
-        _items(c, raw.get("item"), f"{path}.item"),
+        c.string(raw.get("valueString"), path, "valueString"),
+        _items(c, raw.get("item"), path, "item"),
     )
 
 
 def _response(
     c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None
 ) -> QuestionnaireResponse:
-    meta = c.obj(raw.get("meta"), f"{path}.meta")
+    meta = c.obj(raw.get("meta"), path, "meta")
     return QuestionnaireResponse(
-        c.id(raw.get("id"), f"{path}.id"),
+        c.id(raw.get("id"), path, "id"),
         c.status(raw, path, allowed),
-        c.uri(raw.get("questionnaire"), f"{path}.questionnaire"),
-        c.date_time(raw.get("authored"), f"{path}.authored"),
-        None if meta is None else Meta(c.instant(meta.get("lastUpdated"), f"{path}.meta.lastUpdated")),
-        c.reference(raw.get("subject"), f"{path}.subject"),
-        _items(c, raw.get("item"), f"{path}.item"),
+        c.uri(raw.get("questionnaire"), path, "questionnaire"),
+        c.date_time(raw.get("authored"), path, "authored"),
+        None if meta is None else Meta(c.instant(meta.get("lastUpdated"), f"{path}.meta", "lastUpdated")),
+        c.reference(raw.get("subject"), path, "subject"),
+        _items(c, raw.get("item"), path, "item"),
     )
 
 
@@ -683,13 +714,13 @@ def _condition(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str]
     c.required(raw, "subject", path)
     c.one_of(raw, "onset", path)
     return Condition(
-        c.id(raw.get("id"), f"{path}.id"),
-        c.concept(raw.get("code"), f"{path}.code"),
-        c.concept(raw.get("clinicalStatus"), f"{path}.clinicalStatus"),
-        c.concept(raw.get("verificationStatus"), f"{path}.verificationStatus"),
-        c.date_time(raw.get("onsetDateTime"), f"{path}.onsetDateTime"),
-        c.date_time(raw.get("recordedDate"), f"{path}.recordedDate"),
-        c.reference(raw.get("subject"), f"{path}.subject"),
+        c.id(raw.get("id"), path, "id"),
+        c.concept(raw.get("code"), path, "code"),
+        c.concept(raw.get("clinicalStatus"), path, "clinicalStatus"),
+        c.concept(raw.get("verificationStatus"), path, "verificationStatus"),
+        c.date_time(raw.get("onsetDateTime"), path, "onsetDateTime"),
+        c.date_time(raw.get("recordedDate"), path, "recordedDate"),
+        c.reference(raw.get("subject"), path, "subject"),
     )
 
 
@@ -698,15 +729,15 @@ def _service_request(
 ) -> ServiceRequest:
     c.required(raw, "subject", path)
     return ServiceRequest(
-        c.id(raw.get("id"), f"{path}.id"),
+        c.id(raw.get("id"), path, "id"),
         c.status(raw, path, allowed),
-        c.concept(raw.get("code"), f"{path}.code"),
-        c.reference(raw.get("subject"), f"{path}.subject"),
+        c.concept(raw.get("code"), path, "code"),
+        c.reference(raw.get("subject"), path, "subject"),
     )
 
 
-def _contained(c: Check, value: Any, path: str) -> list[Contained] | None:
-    items = c.objects(value, path)
+def _contained(c: Check, value: Any, path: str, name: str) -> list[Contained] | None:
+    items = c.objects(value, path, name)
     if items is None:
         return None
     out = []
@@ -719,8 +750,8 @@ def _contained(c: Check, value: Any, path: str) -> list[Contained] | None:
         out.append(
             Contained(
                 kind,
-                c.id(raw.get("id"), f"{p}.id"),
-                c.concept(raw.get("code"), f"{p}.code") if medication else None,
+                c.id(raw.get("id"), p, "id"),
+                c.concept(raw.get("code"), p, "code") if medication else None,
             )
         )
     return out
@@ -732,13 +763,13 @@ def _medication_request(
     c.required(raw, "subject", path)
     c.one_of(raw, "medication", path, required=True)
     return MedicationRequest(
-        c.id(raw.get("id"), f"{path}.id"),
+        c.id(raw.get("id"), path, "id"),
         c.status(raw, path, allowed),
-        c.concept(raw.get("medicationCodeableConcept"), f"{path}.medicationCodeableConcept"),
-        c.reference(raw.get("medicationReference"), f"{path}.medicationReference"),
-        _contained(c, raw.get("contained"), f"{path}.contained"),
-        c.date_time(raw.get("authoredOn"), f"{path}.authoredOn"),
-        c.reference(raw.get("subject"), f"{path}.subject"),
+        c.concept(raw.get("medicationCodeableConcept"), path, "medicationCodeableConcept"),
+        c.reference(raw.get("medicationReference"), path, "medicationReference"),
+        _contained(c, raw.get("contained"), path, "contained"),
+        c.date_time(raw.get("authoredOn"), path, "authoredOn"),
+        c.reference(raw.get("subject"), path, "subject"),
     )
 
 
@@ -749,14 +780,14 @@ def _medication_statement(
     c.one_of(raw, "medication", path, required=True)
     c.one_of(raw, "effective", path)
     return MedicationStatement(
-        c.id(raw.get("id"), f"{path}.id"),
+        c.id(raw.get("id"), path, "id"),
         c.status(raw, path, allowed),
-        c.concept(raw.get("medicationCodeableConcept"), f"{path}.medicationCodeableConcept"),
-        c.reference(raw.get("medicationReference"), f"{path}.medicationReference"),
-        _contained(c, raw.get("contained"), f"{path}.contained"),
-        c.date_time(raw.get("effectiveDateTime"), f"{path}.effectiveDateTime"),
-        c.date_time(raw.get("dateAsserted"), f"{path}.dateAsserted"),
-        c.reference(raw.get("subject"), f"{path}.subject"),
+        c.concept(raw.get("medicationCodeableConcept"), path, "medicationCodeableConcept"),
+        c.reference(raw.get("medicationReference"), path, "medicationReference"),
+        _contained(c, raw.get("contained"), path, "contained"),
+        c.date_time(raw.get("effectiveDateTime"), path, "effectiveDateTime"),
+        c.date_time(raw.get("dateAsserted"), path, "dateAsserted"),
+        c.reference(raw.get("subject"), path, "subject"),
     )
 
 
