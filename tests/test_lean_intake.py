@@ -324,3 +324,16 @@ def test_example_gives_the_same_cards_from_models_on_the_hook_path(app: Flask, p
         outcome = evaluator.run(intake, {patient_ref}, patient_ref, date.fromisoformat(EXAMPLE_DAY))
         answers.append((problems, _without_uuids(outcome.cards), outcome.fired))
     assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("authored", ["2026", "2026-11", "2026-11-20", "2026-11-20T09:00:00+01:00"])
+def test_a_partial_authored_date_is_read_on_both_paths(client: FlaskClient, authored: str) -> None:
+    """FHIR allows "2026-11" as a dateTime: the models and the lean objects keep it as sent, never a 500."""
+    bundle = load_json(EXAMPLES / "motor-neuron-red-flags" / "fires-weakness.json")
+    response = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "QuestionnaireResponse"
+    )
+    response["authored"] = authored
+    full, hook = _both_ways(client, bundle)
+    assert hook == full
+    assert card_rules(hook)[0] == topic("motor-neuron-red-flags")
