@@ -337,3 +337,45 @@ def test_a_partial_authored_date_is_read_on_both_paths(client: FlaskClient, auth
     full, hook = _both_ways(client, bundle)
     assert hook == full
     assert card_rules(hook)[0] == topic("motor-neuron-red-flags")
+
+
+EDGES: list[tuple[str, dict[str, Any]]] = [
+    ("null-choice-beside-a-value", {"valueString": None, "valueQuantity": {"value": 1}}),
+    ("null-in-an-array", {"interpretation": [None]}),
+    ("null-quantity-value", {"valueQuantity": {"value": None}}),
+    (
+        "component-null-value",
+        {"component": [{"code": {"text": "x"}, "valueString": None, "valueBoolean": True}]},
+    ),
+    ("component-without-code", {"component": [{"valueQuantity": {"value": 1}}]}),
+    ("two-effective", {"effectiveDateTime": "2026-01-01", "effectivePeriod": {"start": "2026-01-01"}}),
+    ("no-status", {"status": None}),
+    ("no-code", {"code": None}),
+    ("empty-reference", {"subject": {"reference": ""}}),
+    ("empty-id", {"id": ""}),
+    ("empty-system", {"code": {"coding": [{"system": "", "code": "1"}]}}),
+    ("blank-text", {"code": {"text": "  "}}),
+    ("code-with-inner-space", {"code": {"coding": [{"code": "a b"}]}}),
+    ("code-with-double-space", {"code": {"coding": [{"code": "a  b"}]}}),
+    ("range-low-only", {"referenceRange": [{"low": {"value": 1}}]}),
+    ("range-not-array", {"referenceRange": {"low": {"value": 1}}}),
+    ("other-comparator", {"valueQuantity": {"value": 1, "comparator": "~"}}),
+    ("period-bad-end", {"effectivePeriod": {"end": "2026-13-01"}}),
+    ("empty-arrays", {"component": [], "interpretation": []}),
+    ("integer-too-big", {"valueInteger": 2**31}),  # not read, and refused by the models only
+]
+
+
+@pytest.mark.parametrize("change", [e[1] for e in EDGES], ids=[e[0] for e in EDGES])
+def test_the_lean_reader_refuses_what_the_models_refuse_in_read_fields(change: dict[str, Any]) -> None:
+    """Edge cases of FHIR JSON in the fields read: the lean reader and the model agree."""
+    raw = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, **change}
+    try:
+        ObservationModel.model_validate(raw, strict=True)
+        model_accepts = True
+    except pydantic.ValidationError:
+        model_accepts = False
+    got, problems = lean.read(raw, "r", OBS_STATUSES)
+    unread = "valueInteger" in change
+    assert (got is not None) == (model_accepts or unread), problems
+    assert all(p.expression and p.expression.startswith("r") for p in problems)

@@ -253,15 +253,24 @@ class Check:
 
     def one_of(self, raw: dict[str, Any], prefix: str, path: str, required: bool = False) -> None:
         """At most one (with `required`, exactly one) value of a choice element [x]."""
-        present = [k for k in raw if k.startswith(prefix) and k[len(prefix) : len(prefix) + 1].isupper()]
+        # A null counts as absent, as it does for the models.
+        cut = len(prefix)
+        present = [
+            k for k, v in raw.items() if v is not None and k.startswith(prefix) and k[cut : cut + 1].isupper()
+        ]
         if len(present) > 1:
             self.fail(f"{prefix}[x] takes one value, got {', '.join(sorted(present))}", path)
         elif required and not present:
             self.fail(f"{prefix}[x] is required", f"{path}.{prefix}[x]")
 
     def required(self, raw: dict[str, Any], key: str, path: str) -> None:
-        """A field the resource must carry."""
+        """A primitive field the resource must carry (null is absent)."""
         if raw.get(key) is None:
+            self.fail(f"{key} is required", f"{path}.{key}")
+
+    def present(self, raw: dict[str, Any], key: str, path: str) -> None:
+        """A structure the resource must carry (as the models require it: the member, even null)."""
+        if key not in raw:
             self.fail(f"{key} is required", f"{path}.{key}")
 
     def status(self, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> str | None:
@@ -617,7 +626,7 @@ def _reference_ranges(c: Check, value: Any, path: str, name: str) -> list[Refere
 
 
 def _component(c: Check, raw: dict[str, Any], path: str) -> ObservationComponent:
-    c.required(raw, "code", path)
+    c.present(raw, "code", path)
     c.one_of(raw, "value", path)
     return ObservationComponent(
         c.concept(raw.get("code"), path, "code"),
@@ -630,7 +639,7 @@ def _component(c: Check, raw: dict[str, Any], path: str) -> ObservationComponent
 
 
 def _observation(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> Observation:
-    c.required(raw, "code", path)
+    c.present(raw, "code", path)
     c.one_of(raw, "value", path)
     c.one_of(raw, "effective", path)
     components = c.objects(raw.get("component"), path, "component")
@@ -711,7 +720,7 @@ def _response(
 
 
 def _condition(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None) -> Condition:
-    c.required(raw, "subject", path)
+    c.present(raw, "subject", path)
     c.one_of(raw, "onset", path)
     return Condition(
         c.id(raw.get("id"), path, "id"),
@@ -727,7 +736,7 @@ def _condition(c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str]
 def _service_request(
     c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None
 ) -> ServiceRequest:
-    c.required(raw, "subject", path)
+    c.present(raw, "subject", path)
     return ServiceRequest(
         c.id(raw.get("id"), path, "id"),
         c.status(raw, path, allowed),
@@ -760,7 +769,7 @@ def _contained(c: Check, value: Any, path: str, name: str) -> list[Contained] | 
 def _medication_request(
     c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None
 ) -> MedicationRequest:
-    c.required(raw, "subject", path)
+    c.present(raw, "subject", path)
     c.one_of(raw, "medication", path, required=True)
     return MedicationRequest(
         c.id(raw.get("id"), path, "id"),
@@ -776,7 +785,7 @@ def _medication_request(
 def _medication_statement(
     c: Check, raw: dict[str, Any], path: str, allowed: frozenset[str] | None
 ) -> MedicationStatement:
-    c.required(raw, "subject", path)
+    c.present(raw, "subject", path)
     c.one_of(raw, "medication", path, required=True)
     c.one_of(raw, "effective", path)
     return MedicationStatement(
