@@ -19,6 +19,7 @@ and the CLI still validate every element with fhir.resources).
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date, datetime
 from decimal import Decimal
@@ -145,7 +146,12 @@ class Check:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.wrong_type("number", value, path, name)
             return None
-        return Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+        if isinstance(value, float):
+            if not math.isfinite(value):  # orjson never parses one; a Python caller could pass it
+                self.fail(f"{value} is not a decimal", f"{path}.{name}")
+                return None
+            return Decimal(str(value))
+        return Decimal(value)
 
     def integer(self, value: Any, path: str, name: str) -> int | None:
         """A JSON integer within FHIR's 32-bit range."""
