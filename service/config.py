@@ -64,7 +64,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "MAX_JSON_DEPTH": (64, "Deepest JSON nesting accepted in the parts of a body read; deeper gets 400."),
     "VALIDATION_MEMO_ENTRIES": (
         2048,
-        "Valid resources per worker whose R4B models are reused when the same JSON comes again; 0: off.",
+        "Valid resources per worker whose models (hook calls: light objects) are reused; 0: off.",
     ),
     "VALIDATION_MEMO_BYTES": (
         4194304,

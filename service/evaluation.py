@@ -53,10 +53,14 @@ class Evaluator:
         self.renderer = CardRenderer(ruleset.reference, canonical_base, service_title, app_link)
         self.rule_by_topic = {rule.topic_code: rule.id for rule in ruleset.rules}  # for the card metrics
 
-    def intake(self, resources: list[Located], latest_labs_only: bool = False) -> Intake:
-        """Select and validate the resources the rules read (with the flag: only the latest lab results)."""
+    def intake(self, resources: list[Located], latest_labs_only: bool = False, lean: bool = False) -> Intake:
+        """Select and validate the resources the rules read.
+
+        `latest_labs_only`: only the latest lab results per analyte; `lean`: only the fields the
+        rules read are checked, and light objects stand in for models (service/fhir/lean.py).
+        """
         usable_lab = self.extractor.usable_lab if latest_labs_only else None
-        return take_in(resources, self.selector, usable_lab, self.validator)
+        return take_in(resources, self.selector, usable_lab, self.validator.lean if lean else self.validator)
 
     def run(
         self,

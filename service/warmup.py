@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from service.cdshooks.pipeline import HookPipeline
+from service.cdshooks.prefetch import read_prefetch
 from service.evaluation import Evaluator
 from service.fhir.questionnaire import questionnaire_url
 
@@ -18,8 +19,8 @@ PATIENT_ID = "warm-up"
 
 
 # Fields real records carry (US Core extensions, addresses with geolocation, narrative, meta):
-# fhir.resources builds their validators on first sight, which would otherwise cost a clinician's
-# first call in each worker ~100 ms.
+# fhir.resources builds their validators on first sight, which would otherwise cost the first
+# /evaluate call in each worker ~100 ms (hook calls do not build models: service/fhir/lean.py).
 _CODING = {"system": "http://example.org/warm-up", "code": "x", "display": "x"}
 _RICH = {
     "meta": {"lastUpdated": "2020-01-01T00:00:00Z", "profile": ["http://example.org/warm-up"]},
@@ -132,6 +133,9 @@ def warm_up(pipeline: HookPipeline, canonical_base: str) -> float:
     body = orjson.loads(orjson.dumps(dummy_request(pipeline.evaluator, canonical_base)))
     outcome = pipeline.answer(pipeline.parse(body), date(2020, 1, 2))
     orjson.dumps({"cards": outcome.cards})
+    # The hook path checks only the fields it reads; /evaluate validates the same resources with
+    # the R4B models, whose validators are built here rather than on a caller's first request.
+    pipeline.evaluator.intake(read_prefetch(body["prefetch"]).resources)
     if pipeline.evaluator.validator.memo is not None:
         pipeline.evaluator.validator.memo.clear()  # the dummy resources would only take up room
     elapsed = time.perf_counter() - started

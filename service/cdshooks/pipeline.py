@@ -41,9 +41,10 @@ class HookPipeline:
         content = read_prefetch(hook_request.prefetch)
         if complete is not None:
             complete(content)
-        # The hot path models only the newest usable result per analyte (older ones cannot change
-        # a card); /evaluate still validates everything, because its callers want every problem.
-        intake = self.evaluator.intake(content.resources, latest_labs_only=True)
+        # The hot path checks only the newest usable result per analyte (older ones cannot change
+        # a card), and in each resource only the fields the rules read (service/fhir/lean.py);
+        # /evaluate still validates everything with fhir.resources: its callers want every problem.
+        intake = self.evaluator.intake(content.resources, latest_labs_only=True, lean=True)
         patient_ref = f"Patient/{hook_request.patient_id}"
         return self.evaluator.run(
             intake,

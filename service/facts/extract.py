@@ -127,7 +127,8 @@ class FactExtractor:
         def authored(entry: tuple[Any, str]) -> str:
             r = entry[0]
             stamp = r.authored or (r.meta.lastUpdated if r.meta else None)
-            return stamp.isoformat() if stamp else ""
+            # A partial date ("2026-11") or a leap second stays the string sent: ISO text sorts alike.
+            return stamp if isinstance(stamp, str) else stamp.isoformat() if stamp else ""
 
         return max(usable, key=authored)
 

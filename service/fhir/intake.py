@@ -22,6 +22,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.engine.reference import ReferenceData
 from service.errors import Issue, echo
+from service.fhir import lean
 from service.fhir.dates import fhir_date
 from service.fhir.raw import scalar_text
 from service.security.limits import json_depth_exceeds
@@ -276,6 +277,8 @@ def validate(located: Located) -> tuple[Any | None, list[Issue]]:
 
 
 # Bytes of JSON the validation memo keeps per worker by default (VALIDATION_MEMO_BYTES).
+# Memo keys of the hook path's light objects start with this byte (no JSON text starts with it).
+LEAN_KEY = b"\x00"
 DEFAULT_MEMO_BYTES = 4 * 1024 * 1024
 
 
@@ -365,6 +368,27 @@ class Validator:
             assert self.memo is not None
             self.memo.put(key, model)
         return model, problems
+
+    def lean(self, located: Located) -> tuple[Any | None, list[Issue]]:
+        """The hook path's check: only the fields the rules read (service/fhir/lean.py), remembered too."""
+        key = None
+        if self.memo is not None:
+            try:
+                # A prefix keeps light objects and models apart: /evaluate must get a model.
+                key = LEAN_KEY + orjson.dumps(located.resource)
+            except (TypeError, orjson.JSONEncodeError):
+                key = None
+            remembered = self.memo.get(key) if key is not None else None
+            if remembered is not None:
+                return remembered, []
+        if json_depth_exceeds(located.resource, self.max_depth):
+            return None, [Issue(f"this resource nests deeper than {self.max_depth} levels", located.path)]
+        raw = located.resource
+        resource, problems = lean.read(raw, located.path, STATUS_VALUES.get(str(raw.get("resourceType"))))
+        if key is not None and resource is not None:
+            assert self.memo is not None
+            self.memo.put(key, resource)
+        return resource, problems
 
 
 def _effective_date(raw: dict[str, Any]) -> date | None:
