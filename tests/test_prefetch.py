@@ -232,3 +232,33 @@ def test_a_paged_search_under_a_key_the_service_did_not_ask_for_is_said(client: 
     assert card_rules(cards) == ["dataquality"]
     assert "prefetch.labResults" in cards[0]["detail"]
     assert "did not ask for that key" in cards[0]["detail"]
+
+
+@pytest.mark.parametrize(
+    "code", [{"coding": {"system": "http://loinc.org", "code": "2823-3"}}, "2823-3", None], ids=str
+)
+def test_an_observation_whose_code_is_malformed_is_reported_not_dropped(
+    client: FlaskClient, code: Any
+) -> None:
+    """A code that is not a CodeableConcept (or none): on the data card; /evaluate is a 422 with the path."""
+    from tests.patients import ALL_NO, bundle
+
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2026-11-15",
+        "valueQuantity": {"value": 7.0, "unit": "mmol/L"},
+    }
+    if code is not None:
+        obs["code"] = code
+    data = bundle("p", "1980-01-01", "male", {**ALL_NO, "duration-days": 5, "body-areas": ["thigh"]}, [obs])
+    cards = client.post("/cds-services/twitching-red-flags", json=bundle_to_hook_request(data)).get_json()[
+        "cards"
+    ]
+    assert card_rules(cards) == ["dataquality"]
+    assert ".code" in cards[0]["detail"]
+    answer = client.post("/evaluate", json=data)
+    assert answer.status_code == 422
+    assert any("resource.code" in i["expression"][0] for i in answer.get_json()["issue"])

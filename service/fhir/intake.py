@@ -185,6 +185,10 @@ class Selector:
         findings = self.finding_codes
         if kind == "Observation":
             code = resource.get("code")
+            if not isinstance(code, dict) or not isinstance(code.get("coding", []), list):
+                # A code that is not a CodeableConcept cannot be told apart from a result the rules
+                # read: validation reports it with its path (never dropped unseen).
+                return True, None
             codes = self._codes(code)
             labs = self.lab_codes
             for key in codes:
