@@ -586,36 +586,28 @@ def complete_prefetch(
     """Fetch what prefetch lacks into `content`; 412 when required data stays out of reach."""
     gaps = missing_keys(content, hook_request.prefetch)
     paged = {k: v for k, v in content.paged.items() if k in KEY_TYPES and k not in gaps}
-    for key in [k for k in content.paged if k not in KEY_TYPES]:
-        # A key this service did not ask for: its query is unknown, so it cannot be re-read.
-        content.notes.append(
-            Issue(
-                f"prefetch.{key} is the first page of a longer search (its Bundle has a next link);"
-                " this service did not ask for that key and cannot follow it, so later pages,"
-                " which may hold the newest results, were not read",
-                f"prefetch.{key}",
-                "warning",
-                "incomplete",
-            )
-        )
-    if paged:
-        if fetcher.refusal(hook_request.fhir_server) is None:
+    followable = fetcher.refusal(hook_request.fhir_server) is None
+    for key in content.paged:
+        if key in paged and followable:
             # A searchset with a next link is one page of a longer result (Medplum's client sends
             # only the first page): the whole search is read again from fhirServer, safely paged.
-            for key in paged:
-                gaps[key] = "one page of a longer search (its Bundle has a next link)"
-        else:
-            for key in paged:
-                content.notes.append(
-                    Issue(
-                        f"prefetch.{key} is the first page of a longer search (its Bundle has a next"
-                        " link) and fhirServer cannot be read to follow it; later pages, which may hold"
-                        " the newest results, were not read",
-                        f"prefetch.{key}",
-                        "warning",
-                        "incomplete",
-                    )
+            gaps[key] = "one page of a longer search (its Bundle has a next link)"
+        elif key not in gaps:
+            # A key this service did not ask for has no known query; otherwise fhirServer is out of reach.
+            why = (
+                "this service did not ask for that key"
+                if key not in KEY_TYPES
+                else "fhirServer cannot be read"
+            )
+            content.notes.append(
+                Issue(
+                    f"prefetch.{key} is the first page of a longer search (its Bundle has a next link);"
+                    f" {why} to follow it, so later pages, which may hold the newest results, were not read",
+                    f"prefetch.{key}",
+                    "warning",
+                    "incomplete",
                 )
+            )
     # An optional key this fetcher has no query for (the SMART app's token is not asked to read
     # it) stays unknown to the rules, as when an EHR sends only some keys: not fetched, not noted.
     for key in [k for k in gaps if k not in fetcher.queries and k not in REQUIRED_KEYS]:

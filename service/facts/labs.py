@@ -60,6 +60,11 @@ def _as_sent(value: float) -> str:
     return f"{round(value, 4):g}"
 
 
+def _one_side(sides: set[str], status: str) -> str:
+    """The one side of the range that thresholds or flags put a result on; else `status` stands."""
+    return next(iter(sides)) if len(sides) == 1 else status
+
+
 def shown_value(value: float, comparator: str, unit: str) -> str:
     """The value as the laboratory sent it, with its comparator and unit ("<0.01 mIU/L")."""
     return f"{comparator}{_as_sent(value)} {unit}".strip()
@@ -285,9 +290,7 @@ class LabReader:
         ]
         # Past a severe threshold the value is abnormal in that direction, whatever a contradicting
         # flag or an unusually wide record range says: the threshold is the guideline's.
-        directions = {g.direction for g in reached}
-        if len(directions) == 1:
-            status = directions.pop()
+        status = _one_side({g.direction for g in reached}, status)
         # A critical flag reaches the severe grade on the side the result lies (never the other).
         grades = tuple(g.id for g in reached) + self._flag_grades(interp, status)
         if status == "abnormal" and interp & self.flags.critical:
@@ -503,11 +506,8 @@ class LabReader:
         reached = [g for g in analyte.grades if g.applies(value, bounds.high if bounds else None)]
         # Past a severe threshold, or flagged low or high by the laboratory on the total, the
         # estimate is abnormal that way (an estimate never overrules the laboratory's own flag).
-        directions = {g.direction for g in reached} or {
-            d for d in (self.flags.directions.get(c) for c in total.flags) if d in ("low", "high")
-        }
-        if len(directions) == 1:
-            status = directions.pop()
+        flagged_sides = {self.flags.directions.get(c, "") for c in total.flags} & {"low", "high"}
+        status = _one_side({g.direction for g in reached} or flagged_sides, status)
         flag_grades = self._flag_grades(set(total.flags), status) if total.flagged else ()
         grades = tuple(dict.fromkeys((*(g.id for g in reached), *flag_grades)))
         range_text = self._range_text(bounds, whose, 1.0, analyte.unit, set())

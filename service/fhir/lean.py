@@ -86,18 +86,6 @@ class Check:
         self.fail(f"{name} must be a JSON {expected}, got {_json_type(value)}", f"{path}.{name}")
 
     # -- primitives ----------------------------------------------------------------------------
-    def string(self, value: Any, path: str, name: str) -> str | None:
-        """A FHIR string: a non-empty JSON string."""
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.wrong_type("string", value, path, name)
-            return None
-        if _STRING.search(value) is None:
-            self.fail(f"{name} must not be an empty string", f"{path}.{name}")
-            return None
-        return value
-
     def uri(self, value: Any, path: str, name: str) -> str | None:
         """A uri or canonical: any JSON string (fhir.resources' pattern admits every string)."""
         if value is None or isinstance(value, str):
@@ -105,32 +93,32 @@ class Check:
         self.wrong_type("string", value, path, name)
         return None
 
+    def string(self, value: Any, path: str, name: str) -> str | None:
+        """A FHIR string: a non-empty JSON string."""
+        text = self.uri(value, path, name)
+        if text is not None and _STRING.search(text) is None:
+            self.fail(f"{name} must not be an empty string", f"{path}.{name}")
+            return None
+        return text
+
     def code(self, value: Any, path: str, name: str) -> str | None:
         """A FHIR code: no leading, trailing or doubled whitespace."""
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.wrong_type("string", value, path, name)
-            return None
-        if _CODE.fullmatch(value) is None:
+        text = self.uri(value, path, name)
+        if text is not None and _CODE.fullmatch(text) is None:
             self.fail(
-                f"{value[:40]!r} is not a code (no leading, trailing or repeated whitespace)",
+                f"{text[:40]!r} is not a code (no leading, trailing or repeated whitespace)",
                 f"{path}.{name}",
             )
             return None
-        return value
+        return text
 
     def id(self, value: Any, path: str, name: str) -> str | None:
         """A resource id: letters, digits, '-' and '.'."""
-        if value is None:
+        text = self.uri(value, path, name)
+        if text is not None and _ID.fullmatch(text) is None:
+            self.fail(f"{text[:40]!r} is not an id (letters, digits, '-' and '.')", f"{path}.{name}")
             return None
-        if not isinstance(value, str):
-            self.wrong_type("string", value, path, name)
-            return None
-        if _ID.fullmatch(value) is None:
-            self.fail(f"{value[:40]!r} is not an id (letters, digits, '-' and '.')", f"{path}.{name}")
-            return None
-        return value
+        return text
 
     def boolean(self, value: Any, path: str, name: str) -> bool | None:
         """A JSON true or false."""
