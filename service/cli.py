@@ -184,6 +184,8 @@ def _discovered(
     if chosen is None:
         offered = ", ".join(sorted({str(s.get("hook")) for s in services if isinstance(s, dict)})) or "none"
         raise CliError(f"{base} offers no {hook!r} hook (it offers: {offered})", EXIT_SERVICE_ERROR)
+    if service_id is not None and chosen.get("id") != service_id:
+        print(f"note: {service_id!r} does not answer {hook!r}; sent to {chosen.get('id')!r}", file=sys.stderr)
     return chosen
 
 

@@ -262,3 +262,16 @@ def test_console_script_entry_point() -> None:
     if "twitch-cds" not in scripts:
         pytest.skip('pyproject.toml has no [project.scripts] twitch-cds = "service.cli:main" yet')
     assert scripts["twitch-cds"] == "service.cli:main"
+
+
+def test_a_bundle_for_a_hook_another_service_answers_says_where_it_went(
+    live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--hook order-sign with --service of patient-view: sent to order-sign's service, with a note."""
+    code = main(
+        ["send", str(WEAKNESS), "--url", live.url, "--hook", "order-sign", "--service", "twitching-red-flags"]
+    )
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "'twitching-red-flags' does not answer 'order-sign'" in captured.err
+    assert captured.out.startswith(f"POST {live.url}{HOOK_URLS['order-sign']}: HTTP 200")
