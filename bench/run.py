@@ -110,27 +110,70 @@ class Scenario:
     alg: str = "RS384"
 
 
+def _matches(resource: dict[str, Any], name: str, tokens: set[str]) -> bool:
+    """A FHIR server's answer to one search parameter of the templates (code: token, status)."""
+    if name == "code":
+        codings = (resource.get("code") or {}).get("coding") or ()
+        return any(c.get("code") in tokens or f"{c.get('system')}|{c.get('code')}" in tokens for c in codings)
+    if name == "status":
+        return resource.get("status") in tokens
+    raise ValueError(f"the benchmark cannot answer the search parameter {name}")
+
+
+def _prefetch(resources: list[dict[str, Any]], templates: dict[str, str], filtered: bool) -> dict[str, Any]:
+    """Each discovery template answered from the record: as a FHIR server would (`filtered`), or
+    with every resource of the template's type (an EHR that ignores the search parameters)."""
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    prefetch: dict[str, Any] = {}
+    for key, template in templates.items():
+        kind, _, query = template.partition("?")
+        if not query:
+            prefetch[key] = patient
+            continue
+        found = [r for r in resources if r["resourceType"] == kind]
+        for param in query.split("&"):
+            name, _, value = param.partition("=")
+            if filtered and name != "patient":
+                found = [r for r in found if _matches(r, name, set(value.split(",")))]
+        searchset: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(found)}
+        if found:
+            searchset["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in found]
+        prefetch[key] = searchset
+    return prefetch
+
+
 def _scenarios() -> list[Scenario]:
-    """A realistic patient-view (also ES384, also all new), 1,000 Observations, a whole record."""
+    """Realistic patient-view (also ES384, also all new), whole chart, 1,000 Observations, /evaluate.
+
+    Realistic: each discovery template answered from one Synthea record as a FHIR server answers
+    it (the Observations and Conditions whose codes the template lists, the medications and
+    requests of the statuses it lists), plus a red-flag QuestionnaireResponse. Whole chart: every
+    Observation, Condition and medication of the record, as an EHR that ignores the parameters
+    sends them.
+    """
     record = json.loads((SYNTHEA / RECORD).read_text())
     resources = [e["resource"] for e in record["entry"]]
     patient = next(r for r in resources if r["resourceType"] == "Patient")
-    observations = [r for r in resources if r["resourceType"] == "Observation"]
-    for obs in observations:
-        obs["subject"] = {"reference": f"Patient/{patient['id']}"}
+    for resource in resources:
+        if "subject" in resource or "patient" in resource:
+            resource["subject" if "subject" in resource else "patient"] = {
+                "reference": f"Patient/{patient['id']}"
+            }
     response = next(
         e["resource"]
         for e in json.loads(RED_FLAG_EXAMPLE.read_text())["entry"]
         if e["resource"]["resourceType"] == "QuestionnaireResponse"
     )
     response["subject"] = {"reference": f"Patient/{patient['id']}"}
+    observations = [r for r in resources if r["resourceType"] == "Observation"]
 
     templates = prefetch_templates(load_reference(ROOT / "rules" / "reference"))
 
-    def call(obs: list[dict[str, Any]], answers: dict[str, Any]) -> dict[str, Any]:
-        # What an EHR sends for this record: every discovery template filled (service/cdshooks/bundles.py).
-        bundle = {"entry": [{"resource": r} for r in (patient, *obs, answers)]}
-        return hook_request_for_bundle(bundle, "patient-view", templates, user_id="Practitioner/bench")
+    def call(chart: list[dict[str, Any]], filtered: bool = True) -> dict[str, Any]:
+        request = hook_request_for_bundle({"entry": [{"resource": patient}]}, "patient-view", templates)
+        request["context"]["userId"] = "Practitioner/bench"
+        request["prefetch"] = _prefetch([*chart, response], templates, filtered)
+        return request
 
     def marked(resource: dict[str, Any]) -> dict[str, Any]:
         return {**resource, "id": f"{resource['id']}-{MARK}"}
@@ -143,18 +186,25 @@ def _scenarios() -> list[Scenario]:
             many.append(clone)
             if len(many) == 1000:
                 break
-    realistic = f"patient-view ({len(observations)} Observations + red-flag QR)"
+    realistic = call(resources)
+    found = realistic["prefetch"]["observations"]["total"]
+    name = f"patient-view, realistic ({found} Observations + red-flag QR, {_kib(realistic)} KiB)"
+    chart = call(resources, filtered=False)
+    every_new = call([patient, *(marked(r) for r in resources if r is not patient)])
+    every_new["prefetch"]["questionnaireResponses"]["entry"][0]["resource"] = marked(response)
+    thousand = call([patient, *many], filtered=False)
     return [
-        Scenario(realistic, HOOK_PATH, call(observations, response)),
-        Scenario(f"{realistic}, ES384", HOOK_PATH, call(observations, response), alg="ES384"),
-        Scenario(
-            f"{realistic}, every resource new",
-            HOOK_PATH,
-            call([marked(o) for o in observations], marked(response)),
-        ),
-        Scenario("patient-view (1,000 Observations + red-flag QR)", HOOK_PATH, call(many, response)),
+        Scenario(name, HOOK_PATH, realistic),
+        Scenario(f"{name}, ES384", HOOK_PATH, realistic, alg="ES384"),
+        Scenario(f"{name}, every resource new", HOOK_PATH, every_new),
+        Scenario(f"patient-view, whole chart (unfiltered, {_kib(chart)} KiB)", HOOK_PATH, chart),
+        Scenario(f"patient-view, 1,000 Observations ({_kib(thousand)} KiB)", HOOK_PATH, thousand),
         Scenario(f"/evaluate (whole Synthea record, {len(resources)} resources)", "/evaluate", record),
     ]
+
+
+def _kib(body: dict[str, Any]) -> int:
+    return round(len(json.dumps(body, separators=(",", ":"))) / 1024)
 
 
 class Keys:
@@ -370,6 +420,15 @@ def _rows(
     return rows
 
 
+def _baseline(args: argparse.Namespace, base: str, server: subprocess.Popen[bytes]) -> dict[str, float]:
+    """GET /healthz under the same load, with the workers' CPU per call."""
+    before = _cpu_seconds(server.pid)
+    result = _wrk(f"{base}/healthz", args.seconds, args.connections, None)
+    calls = result["rps"] * args.seconds
+    result["cpu_us"] = (_cpu_seconds(server.pid) - before) / calls * 1e6 if calls else float("nan")
+    return result
+
+
 def _print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
     baseline = rows[0][1]
     print(title)
@@ -392,16 +451,13 @@ def _run_config(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario],
         workdir = Path(tmp)
         (workdir / "metrics").mkdir()
         with _gunicorn(args, keys, workdir, config=config) as (base, server, ready):
-            rows = [
-                (
-                    "baseline GET /healthz (no auth)",
-                    _wrk(f"{base}/healthz", args.seconds, args.connections, None),
-                )
-            ]
+            rows = [("baseline GET /healthz (no auth)", _baseline(args, base, server))]
             service = scenarios if config == "production" else [s for s in scenarios if s.alg == "RS384"]
             rows += _rows(args, keys, base, server, service, workdir)
             memory = _worker_memory_mb(server.pid)
-        if config == "development":
+        if args.no_field:
+            pass
+        elif config == "development":
             # The same bodies through the field: same rules and cards, without the service's edge
             # (floor) and with fhir.resources on every resource (naive), same gunicorn config.
             for label, uri in (
@@ -466,6 +522,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (>1: gthread)")
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole measurement")
     parser.add_argument("--config", choices=("development", "production", "both"), default="both")
+    parser.add_argument("--only", default="", help="a regular expression: only the scenarios it finds")
+    parser.add_argument("--no-field", action="store_true", help="the service only: no floor, no naive")
     parser.add_argument(
         "--redis-url", default=os.environ.get("TWITCH_CDS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
@@ -487,7 +545,7 @@ def main() -> int:
         print(f"Redis at {args.redis_url} is unreachable ({exc}); production mode needs it", file=sys.stderr)
         return 2
     keys = Keys()
-    scenarios = _scenarios()
+    scenarios = [s for s in _scenarios() if re.search(args.only, s.name)]
     try:
         for run in range(args.runs):
             if args.runs > 1:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from service.cdshooks.smart import AppLink
@@ -10,6 +9,7 @@ from service.engine.evaluate import Firing, PlannedSuggestion
 from service.engine.reference import ICD10CM, SNOMED, Coding, Orderable, ReferenceData
 from service.errors import Issue
 from service.facts.model import PatientFacts, md_escape
+from service.ids import new_uuid_text
 
 CATEGORY_CODINGS = {
     # FHIR R4 example value set http://hl7.org/fhir/ValueSet/servicerequest-category
@@ -93,7 +93,7 @@ class CardRenderer:
         note = f"Suggested by twitch-cds rule {firing.rule.id} v{firing.rule.version}."
         return {
             "label": f"Order: {order.label}{priority}",
-            "uuid": str(uuid.uuid4()),
+            "uuid": new_uuid_text(),
             "actions": [
                 {
                     "type": "create",
@@ -142,7 +142,7 @@ class CardRenderer:
         if url:
             source["url"] = url
         card: dict[str, Any] = {
-            "uuid": str(uuid.uuid4()),
+            "uuid": new_uuid_text(),
             "summary": firing.summary,
             "indicator": firing.indicator,
             "detail": self._detail(firing, facts),
@@ -170,7 +170,7 @@ class CardRenderer:
         count = len(problems)
         plural = "s" if count != 1 else ""
         return {
-            "uuid": str(uuid.uuid4()),
+            "uuid": new_uuid_text(),
             "summary": f"{count} record item{plural} could not be used: cards may be incomplete",
             "indicator": "warning",
             "detail": "\n".join(lines),

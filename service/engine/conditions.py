@@ -187,12 +187,17 @@ class All:
 
     def evaluate(self, facts: PatientFacts) -> Result:
         """Kleene conjunction; evidence of every part when true."""
-        results = [p.evaluate(facts) for p in self.parts]
-        if any(t is False for t, _ in results):
-            return False, ()
-        if all(t is True for t, _ in results):
-            return True, tuple(e for _, ev in results for e in ev)
-        return None, ()
+        evidence: list[Evidence] = []
+        unknown = False
+        for part in self.parts:
+            truth, seen = part.evaluate(facts)
+            if truth is False:
+                return False, ()  # false whatever the rest are: they need not be evaluated
+            if truth is None:
+                unknown = True
+            elif not unknown:
+                evidence += seen
+        return (None, ()) if unknown else (True, tuple(evidence))
 
     def fact_names(self) -> set[str]:
         """Union of the parts' facts."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,9 @@ class LabCode:
     source: str
 
 
+MAX_REMEMBERED_SPELLINGS = 256
+
+
 @dataclass(frozen=True)
 class Analyte:
     """A lab analyte recognised by any of its codes (LOINC, SNOMED CT, a deployment's local map)."""
@@ -143,10 +146,19 @@ class Analyte:
 
     def to_canonical(self, spelling: str) -> float | None:
         """Factor from a feed's unit spelling to the canonical unit; None when it does not convert."""
+        # A feed's spellings repeat on every result, and normalising one costs more than the rest
+        # of reading its value: each analyte remembers its own (bounded: spellings come from records).
+        memo: dict[str, float | None] = self.__dict__.setdefault("_factors", {})
+        if spelling in memo:
+            return memo[spelling]
         try:
-            return factor(normalise(spelling, self.unit_aliases), self.unit, self.chemistry)
+            found: float | None = factor(normalise(spelling, self.unit_aliases), self.unit, self.chemistry)
         except UnitError:
-            return None
+            found = None
+        if len(memo) >= MAX_REMEMBERED_SPELLINGS:
+            memo.clear()
+        memo[spelling] = found
+        return found
 
 
 @dataclass(frozen=True)
@@ -505,7 +517,7 @@ def load_local_lab_codes(path: Path, analytes: dict[str, Analyte]) -> dict[str, 
     out = dict(analytes)
     for analyte_id, codes in added.items():
         a = analytes[analyte_id]
-        out[analyte_id] = Analyte(**{**a.__dict__, "codes": (*a.codes, *codes)})
+        out[analyte_id] = replace(a, codes=(*a.codes, *codes))
     _check_codes_unique(out)
     return out
 

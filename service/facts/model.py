@@ -71,6 +71,13 @@ class LabResult:
 
     def evidence(self) -> Evidence:
         """The result as card evidence: value, flag, range, grade, freshness and the code read."""
+        # Built once: every rule naming the analyte asks for it (a frozen result never changes).
+        built = self.__dict__.get("_evidence")
+        if built is None:
+            built = self.__dict__["_evidence"] = self._evidence()
+        return built
+
+    def _evidence(self) -> Evidence:
         flag = {"low": "low", "high": "high", "abnormal": "abnormal", "normal": "in range"}.get(
             self.status, "not judged"
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +13,7 @@ import orjson
 from flask import Flask, Response, g, request
 
 from service.errors import ServiceUnavailable, TooManyRequests
+from service.ids import new_hex
 from service.security.issuers import ConfigError, Issuer, parse_issuers
 from service.security.jwks import JwksCache
 from service.security.shared import (
@@ -221,7 +221,7 @@ def _enforce(guard: Guard, caller: Caller | None, admission: Admission) -> Respo
 
 def _before(guard: Guard) -> Response | None:
     incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = incoming if REQUEST_ID.match(incoming) else new_hex()
     g.started = time.perf_counter()
     g.caller = None
     if request.method == "OPTIONS" or request.endpoint in (None, "static"):

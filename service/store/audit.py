@@ -7,7 +7,6 @@ import hmac
 import logging
 import os
 import secrets
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from service.ids import new_hex
 from service.store.db import Database, Tx
 
 log = logging.getLogger("twitch_cds.audit")
@@ -190,7 +190,7 @@ class AuditTrail:
 
     def record(self, call: HookCall) -> None:
         """Store one hook call and the cards it issued, now (the request path uses the spool)."""
-        self.insert([call_record(call, uuid.uuid4().hex)])
+        self.insert([call_record(call, new_hex())])
 
     def insert(self, records: list[dict[str, Any]]) -> int:
         """Store spooled records in one transaction; returns how many were new (not replays)."""
