@@ -430,7 +430,7 @@ def _baseline(args: argparse.Namespace, base: str, server: subprocess.Popen[byte
 
 
 def _print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
-    baseline = rows[0][1]
+    baseline = {"rps": (rows[0][1]["rps"] + rows[-1][1]["rps"]) / 2}
     print(title)
     print(
         f"{'scenario':<76} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs':>8} {'errors':>6}"
@@ -444,6 +444,36 @@ def _print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
         )
 
 
+def _field(
+    args: argparse.Namespace, keys: Keys, workdir: Path, hooks: list[Scenario], config: str
+) -> list[tuple[str, dict[str, float]]]:
+    """The same bodies through the field (bench/variants.py), same gunicorn config and caller check.
+
+    The floor is the service's domain work without its edge (guard, metrics, audit, logs); the
+    naive design validates every resource whole with fhir.resources. In production both verify
+    the RS384 JWT and its jti in Redis as the service does, and bench/floor.py adds what
+    authentication and one insert cost with no FHIR and no rules at all.
+    """
+    pem = keys.private["RS384"].public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    auth = (
+        {"FLOOR_PUBLIC_KEY_PEM": pem.decode(), "FLOOR_AUDIENCE": PUBLIC_BASE_URL + HOOK_PATH}
+        if config == "production"
+        else {}
+    )
+    rows: list[tuple[str, dict[str, float]]] = []
+    for label, uri in (
+        ("floor (domain work only): ", "bench.variants:create_floor_app()"),
+        ("naive (fhir.resources on all): ", "bench.variants:create_naive_app()"),
+    ):
+        with _gunicorn(args, keys, workdir, uri, config=config, **auth) as (base, server, _):
+            rows += _rows(args, keys, base, server, hooks, workdir, label)
+    if config == "production" and hooks:
+        floor = Scenario("auth only: RS384 + Redis + SQLite insert, no FHIR/rules", HOOK_PATH, hooks[0].body)
+        with _gunicorn(args, keys, workdir, "bench.floor:create_floor_app()", **auth) as (base, server, _):
+            rows += _rows(args, keys, base, server, [floor], workdir)
+    return rows
+
+
 def _run_config(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario], config: str) -> None:
     """One configuration: the service, then the field (bench/variants.py; bench/floor.py)."""
     hooks = [s for s in scenarios if s.path == HOOK_PATH and s.alg == "RS384"]
@@ -455,36 +485,12 @@ def _run_config(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario],
             service = scenarios if config == "production" else [s for s in scenarios if s.alg == "RS384"]
             rows += _rows(args, keys, base, server, service, workdir)
             memory = _worker_memory_mb(server.pid)
-        if args.no_field:
-            pass
-        elif config == "development":
-            # The same bodies through the field: same rules and cards, without the service's edge
-            # (floor) and with fhir.resources on every resource (naive), same gunicorn config.
-            for label, uri in (
-                ("floor (domain work only): ", "bench.variants:create_floor_app()"),
-                ("naive (fhir.resources on all): ", "bench.variants:create_naive_app()"),
-            ):
-                with _gunicorn(args, keys, workdir, uri, config=config) as (fbase, fserver, _):
-                    rows += _rows(args, keys, fbase, fserver, hooks, workdir, label)
-        else:
-            # The realistic body through bench/floor.py: JWT, Redis and an insert, no FHIR or rules.
-            floor = Scenario(
-                "floor: same body, RS384 + Redis + SQLite insert, no FHIR/rules", HOOK_PATH, scenarios[0].body
-            )
-            pem = (
-                keys.private["RS384"]
-                .public_key()
-                .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-            )
-            with _gunicorn(
-                args,
-                keys,
-                workdir,
-                "bench.floor:create_floor_app()",
-                FLOOR_PUBLIC_KEY_PEM=pem.decode(),
-                FLOOR_AUDIENCE=PUBLIC_BASE_URL + HOOK_PATH,
-            ) as (floor_base, floor_server, _):
-                rows += _rows(args, keys, floor_base, floor_server, [floor], workdir)
+        if not args.no_field:
+            rows += _field(args, keys, workdir, hooks, config)
+        # The machine's speed drifts over a run: the baseline is measured again at the end, and
+        # every ratio is to the mean of the two.
+        with _gunicorn(args, keys, workdir, config=config) as (base, server, _):
+            rows.append(("baseline again, at the end", _baseline(args, base, server)))
     kind = f"gthread x{args.threads}" if args.threads > 1 else "sync"
     if config == "production":
         setup = (

@@ -1,14 +1,17 @@
 """The field the service is measured against, served by bench/run.py with the same gunicorn config.
 
 Both are bare Flask apps with one route, no guard, no metrics, no audit and no log line, built on
-the service's own rule set and cards so that the answers are the same:
+the service's own rule set and cards so that the answers are the same. In the production
+configuration each also authenticates the caller as bench/floor.py does (RS384 JWT, Redis replay
+and rate), so the field pays what the service pays for it:
 
 - `create_floor_app()`: the domain work only. The body is read and parsed, the envelope checked,
   and the service's hook pipeline (prefetch, selection, validation of what the rules read, facts,
   rules, cards) answers. Its ratio to the baseline is what the service could reach without its
   per-call edge (authentication, metrics, audit, logging).
-- `create_naive_app()`: the naive design. Every prefetched resource, whatever its type, is
-  validated with its `fhir.resources` R4B model (no selection, no memo, every lab result), then the
+- `create_naive_app()`: the naive design. Every prefetched resource of a type the rules read is
+  validated whole with its `fhir.resources` R4B model, as /evaluate does (no selection by code, no
+  memo, every lab result, not only the newest); an invalid one goes on the data card. Then the
   same rules and cards run on the models.
 """
 
@@ -18,14 +21,14 @@ from datetime import date
 from typing import Any
 
 import orjson
-from fhir.resources import get_fhir_model_class
 from flask import Flask, Response, request
 
+from bench.floor import caller_check
 from service.app import create_app
 from service.cdshooks.pipeline import HookPipeline
 from service.cdshooks.prefetch import read_prefetch
 from service.evaluation import Evaluator
-from service.fhir.intake import MODELS, Located, take_in
+from service.fhir.intake import MODELS, take_in, validate
 
 
 def _service_parts() -> tuple[HookPipeline, Evaluator]:
@@ -47,10 +50,13 @@ def _bare() -> Flask:
 def create_floor_app() -> Flask:
     """The service's domain work on bare Flask: parse, pipeline, cards; nothing else."""
     pipeline, _ = _service_parts()
+    check = caller_check()
     bare = _bare()
 
     @bare.post("/cds-services/<service_id>")
     def hook(service_id: str) -> Response:
+        if check is not None:
+            check()
         hook_request = pipeline.parse(orjson.loads(request.get_data()), pipeline.services.get(service_id))
         return _answer(pipeline.answer(hook_request, date.today()).cards)
 
@@ -68,21 +74,17 @@ class _Everything:
 def create_naive_app() -> Flask:
     """fhir.resources on every prefetched resource, then the same rules and cards."""
     pipeline, evaluator = _service_parts()
+    check = caller_check()
     bare = _bare()
 
     @bare.post("/cds-services/<service_id>")
     def hook(service_id: str) -> Response:
+        if check is not None:
+            check()
         hook_request = pipeline.parse(orjson.loads(request.get_data()), pipeline.services.get(service_id))
         content = read_prefetch(hook_request.prefetch)
-        models: dict[int, Any] = {}
-        for located in content.resources:
-            raw = located.resource
-            models[id(raw)] = get_fhir_model_class(str(raw["resourceType"])).model_validate(raw)
-
-        def prebuilt(located: Located) -> tuple[Any, list[Any]]:
-            return models[id(located.resource)], []
-
-        intake = take_in(content.resources, _Everything(), None, prebuilt)  # type: ignore[arg-type]
+        # Every resource validated whole, each time (no memo): the full R4B validation /evaluate uses.
+        intake = take_in(content.resources, _Everything(), None, validate)  # type: ignore[arg-type]
         patient_ref = f"Patient/{hook_request.patient_id}"
         outcome = evaluator.run(intake, {patient_ref}, patient_ref, date.today(), notes=content.notes)
         return _answer(outcome.cards)
