@@ -123,6 +123,29 @@ def test_depth_is_checked_before_validation_and_off_the_memo() -> None:
     assert len(validator.memo) == 0
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """An extension tree that puts POTASSIUM's deepest node exactly `levels` deep."""
+    deep: Any = {"url": "http://example.org/x", "valueString": "x"}
+    # POTASSIUM {1} > extension [2] > the outermost extension {3}: each wrap adds two levels.
+    for _ in range((levels - 3) // 2):
+        deep = {"url": "http://example.org/x", "extension": [deep]}
+    return {**POTASSIUM, "extension": [deep]}
+
+
+def test_the_hook_paths_depth_check_is_exact_at_the_limit() -> None:
+    """The lean check skips the walk only when too few objects and arrays exist to nest that deep."""
+    for memo in (0, 8):
+        validator = Validator(max_depth=21, memo_entries=memo)
+        at_limit, past = _nested(21), _nested(23)
+        assert validator.lean(Located(at_limit, "p"))[0] is not None
+        model, problems = validator.lean(Located(past, "p"))
+        assert model is None
+        assert "nests deeper than 21 levels" in problems[0].diagnostics
+    # Many objects and arrays side by side, none deep: walked, and accepted.
+    wide = {**POTASSIUM, "extension": [{"url": "http://example.org/x", "valueString": "x"}] * 200}
+    assert Validator(max_depth=21, memo_entries=8).lean(Located(wide, "p"))[0] is not None
+
+
 def test_a_deep_resource_in_a_hook_call_is_on_the_data_card() -> None:
     """The rest of the call is evaluated; the data card names the resource (and withholds reassurance)."""
     app = create_app({"TESTING": True, "TODAY": EXAMPLE_DAY, "MAX_JSON_DEPTH": 20})

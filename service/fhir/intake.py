@@ -385,7 +385,11 @@ class Validator:
             remembered = self.memo.get(key) if key is not None else None
             if remembered is not None:
                 return remembered, []
-        if json_depth_exceeds(located.resource, self.max_depth):
+        # Nesting cannot pass the limit with fewer objects and arrays than levels: counted in the
+        # memo key's text by two C scans (brackets inside strings only over-count), the walk is
+        # taken only by a resource with that many (a typical Observation has a dozen or two).
+        containers = key.count(b"{") + key.count(b"[") if key is not None else self.max_depth + 1
+        if containers > self.max_depth and json_depth_exceeds(located.resource, self.max_depth):
             return None, [Issue(f"this resource nests deeper than {self.max_depth} levels", located.path)]
         raw = located.resource
         resource, problems = lean.read(raw, located.path, STATUS_VALUES.get(str(raw.get("resourceType"))))
