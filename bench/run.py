@@ -64,7 +64,7 @@ ISSUER = "https://ehr.bench.invalid"
 PUBLIC_BASE_URL = "https://cds.bench.invalid"
 HOOK_PATH = "/cds-services/twitching-red-flags"
 # Most hook calls a second the two cores could conceivably answer: sizes the token pools.
-MAX_RATE = 2500
+MAX_RATE = 3200
 # In the "every resource new" body each resource id carries this mark, replaced per request.
 MARK = "@@N@@"
 
