@@ -65,6 +65,8 @@ PUBLIC_BASE_URL = "https://cds.bench.invalid"
 HOOK_PATH = "/cds-services/twitching-red-flags"
 # Most hook calls a second the two cores could conceivably answer: sizes the token pools.
 MAX_RATE = 3200
+# GET /healthz measured right before each row, the row's own baseline.
+ADJACENT_SECONDS = 2
 # In the "every resource new" body each resource id carries this mark, replaced per request.
 MARK = "@@N@@"
 
@@ -408,14 +410,22 @@ def _rows(
     scenarios: list[Scenario],
     workdir: Path,
     label: str = "",
+    healthz: str = "",
 ) -> list[tuple[str, dict[str, float]]]:
-    """wrk on each scenario against one running server, with the workers' CPU per call."""
+    """wrk on each scenario against one running server, with the workers' CPU per call.
+
+    Each row is preceded by `ADJACENT_SECONDS` of GET `healthz` (the service's, idle while the
+    field runs) and its ratio is to that: the machine's speed drifts by a third within a run, and
+    a baseline measured minutes apart would carry the drift into the ratio.
+    """
     rows = []
     for i, scenario in enumerate(scenarios):
+        adjacent = _wrk(healthz or f"{base}/healthz", ADJACENT_SECONDS, args.connections, None)
         before = _cpu_seconds(server.pid)
         result = _load(args, keys, base, scenario, workdir / f"{label}s{i}-{secrets.token_hex(2)}")
         calls = result["rps"] * args.seconds
         result["cpu_us"] = (_cpu_seconds(server.pid) - before) / calls * 1e6 if calls else float("nan")
+        result["base_rps"] = adjacent["rps"]
         rows.append((f"{label}{scenario.name}", result))
     return rows
 
@@ -430,22 +440,28 @@ def _baseline(args: argparse.Namespace, base: str, server: subprocess.Popen[byte
 
 
 def _print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
-    baseline = {"rps": (rows[0][1]["rps"] + rows[-1][1]["rps"]) / 2}
+    overall = (rows[0][1]["rps"] + rows[-1][1]["rps"]) / 2
     print(title)
+    print(f"ratio: req/s over those of GET /healthz in the {ADJACENT_SECONDS} s just before the row")
     print(
         f"{'scenario':<76} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs':>8} {'errors':>6}"
     )
     for name, r in rows:
         cpu = r.get("cpu_us")
         print(
-            f"{name[:76]:<76} {r['rps']:>8.0f} {r['rps'] / baseline['rps']:>6.2f}"
+            f"{name[:76]:<76} {r['rps']:>8.0f} {r['rps'] / r.get('base_rps', overall):>6.2f}"
             f" {r['p50']:>8.2f} {r['p99']:>8.2f} {'' if cpu is None else f'{cpu:.0f}':>8}"
             f" {int(r['errors']):>6}"
         )
 
 
 def _field(
-    args: argparse.Namespace, keys: Keys, workdir: Path, hooks: list[Scenario], config: str
+    args: argparse.Namespace,
+    keys: Keys,
+    workdir: Path,
+    hooks: list[Scenario],
+    config: str,
+    healthz: str,
 ) -> list[tuple[str, dict[str, float]]]:
     """The same bodies through the field (bench/variants.py), same gunicorn config and caller check.
 
@@ -466,11 +482,11 @@ def _field(
         ("naive (fhir.resources on all): ", "bench.variants:create_naive_app()"),
     ):
         with _gunicorn(args, keys, workdir, uri, config=config, **auth) as (base, server, _):
-            rows += _rows(args, keys, base, server, hooks, workdir, label)
+            rows += _rows(args, keys, base, server, hooks, workdir, label, healthz)
     if config == "production" and hooks:
         floor = Scenario("auth only: RS384 + Redis + SQLite insert, no FHIR/rules", HOOK_PATH, hooks[0].body)
         with _gunicorn(args, keys, workdir, "bench.floor:create_floor_app()", **auth) as (base, server, _):
-            rows += _rows(args, keys, base, server, [floor], workdir)
+            rows += _rows(args, keys, base, server, [floor], workdir, healthz=healthz)
     return rows
 
 
@@ -485,11 +501,9 @@ def _run_config(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario],
             service = scenarios if config == "production" else [s for s in scenarios if s.alg == "RS384"]
             rows += _rows(args, keys, base, server, service, workdir)
             memory = _worker_memory_mb(server.pid)
-        if not args.no_field:
-            rows += _field(args, keys, workdir, hooks, config)
-        # The machine's speed drifts over a run: the baseline is measured again at the end, and
-        # every ratio is to the mean of the two.
-        with _gunicorn(args, keys, workdir, config=config) as (base, server, _):
+            if not args.no_field:
+                # The service stays up, idle, so each field row has its /healthz beside it.
+                rows += _field(args, keys, workdir, hooks, config, f"{base}/healthz")
             rows.append(("baseline again, at the end", _baseline(args, base, server)))
     kind = f"gthread x{args.threads}" if args.threads > 1 else "sync"
     if config == "production":
