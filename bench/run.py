@@ -1,22 +1,26 @@
-"""Latency benchmark: the production gunicorn configuration on loopback, wrk as the load.
+"""Latency benchmark: the service as deployed by gunicorn on loopback, wrk as the load, the field beside it.
 
 The machines are shared and noisy, so a trivial baseline (GET /healthz: routing and JSON, no
-rules, no authentication) is measured in the same run and every scenario is also reported as a
-ratio to it. The service runs as deployed: `gunicorn -c gunicorn.conf.py` with ENV=production, so
+rules, no authentication) is measured for 2 s right before every row, and each row is reported
+as a ratio to it. The service runs as deployed, `gunicorn -c gunicorn.conf.py`, in the
+development configuration (embedded defaults) and in the production one (ENV=production), where
 every hook call and /evaluate carries a fresh JWT (RS384, as Epic signs, unless the scenario says
 ES384; a pool of pre-signed tokens with distinct jti, rotated by wrk's Lua script; the key set is
 served by a loopback http.server), its jti goes through the Redis replay cache, the rate limiter
-counts it, and the audit trail records it.
+counts it, and the audit trail records it. The field (bench/variants.py, bench/floor.py) is served
+by the same gunicorn configuration with the same bodies.
 
 The realistic call is sent again and again, as an EHR re-sends one patient's record on every chart
 open: the validation memo serves its resources after the first call. The "every resource new"
-row rewrites every resource id on each request, so the memo never helps: that is the cost of a
-patient the worker has not seen.
+row rewrites the id of every Observation, medicine and QuestionnaireResponse on each request (the
+Patient's stays: the context names it), so the memo never helps with them: that is the cost of a
+record the worker has not seen.
 PUBLIC_BASE_URL is the https URL a TLS-terminating proxy would expose; gunicorn itself listens on
 plain http on 127.0.0.1, as it would behind that proxy. The rate limit is raised: one issuer sends
 all the load. Needs wrk, Redis (--redis-url) and the Synthea records in ../shared.
 
-    python bench/run.py [--seconds 5] [--connections 8] [--workers 2] [--runs 1]
+    python bench/run.py [--config both] [--seconds 5] [--connections 8] [--workers 2] [--runs 1]
+                        [--only REGEX] [--no-field]
 """
 
 from __future__ import annotations

@@ -55,6 +55,17 @@ class Recorded:
     headers: dict[str, str]
 
 
+class _Server(ThreadingHTTPServer):
+    """A listen queue deep enough for the fetcher's parallel connects.
+
+    With http.server's default of 5, a burst of connects while the accept loop waits for the GIL
+    overflows it; the kernel drops the SYN and the client retries it after 1 s, so a test timing a
+    fault saw a 1 s stall that no real server of this kind shows.
+    """
+
+    request_queue_size = 128
+
+
 @dataclass
 class FakeFhirServer:
     """Test double of an EHR's FHIR server on 127.0.0.1 (see the module docstring)."""
@@ -67,7 +78,7 @@ class FakeFhirServer:
 
     def __post_init__(self) -> None:
         handler = type("BoundHandler", (FakeHandler,), {"fake": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _Server(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
