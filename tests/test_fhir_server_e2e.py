@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import select
 import shutil
 import subprocess
@@ -48,6 +49,13 @@ from tests.conftest import (
 )
 
 SERVER_DIR = ROOT / "tests" / "fhir_server"
+# Its npm packages are installed outside the checkout, one folder per lock file: third-party
+# trees never sit among the project's files (where a scan of the tests would read them as ours).
+RUN_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "twitch-cds"
+    / f"fhir-server-{hashlib.sha256((SERVER_DIR / 'package-lock.json').read_bytes()).hexdigest()[:16]}"
+)
 HOOK = "/cds-services/twitching-red-flags"
 TOKEN = "e2e-token-5d1c"
 QR_BENIGN = EXAMPLES / "motor-neuron-red-flags" / "near-miss-no-weakness.json"
@@ -85,7 +93,7 @@ class Medplum:
 def _start(node: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [node, "server.mjs", "--token", TOKEN],
-        cwd=SERVER_DIR,
+        cwd=RUN_DIR,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -161,14 +169,17 @@ def _load_example(base: str, path: Path) -> Patient:
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    """The node binary, with the server's packages installed (npm ci when node_modules is missing)."""
+    """The node binary, the server copied to RUN_DIR with its packages (npm ci when they are missing)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("node and npm are needed to run the Medplum FHIR server of tests/fhir_server")
-    if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "package-lock.json", "server.mjs"):
+        shutil.copyfile(SERVER_DIR / name, RUN_DIR / name)  # every session: edits to server.mjs count
+    if not (RUN_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
         installed = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=SERVER_DIR,
+            cwd=RUN_DIR,
             capture_output=True,
             text=True,
             timeout=600,
