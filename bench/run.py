@@ -43,7 +43,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,10 +175,10 @@ def _scenarios() -> list[Scenario]:
 
     templates = prefetch_templates(load_reference(ROOT / "rules" / "reference"))
 
-    def call(chart: list[dict[str, Any]], filtered: bool = True) -> dict[str, Any]:
+    def call(chart: list[dict[str, Any]], answers: dict[str, Any], filtered: bool = True) -> dict[str, Any]:
         request = hook_request_for_bundle({"entry": [{"resource": patient}]}, "patient-view", templates)
         request["context"]["userId"] = "Practitioner/bench"
-        request["prefetch"] = _prefetch([*chart, response], templates, filtered)
+        request["prefetch"] = _prefetch([*chart, answers], templates, filtered)
         return request
 
     def marked(resource: dict[str, Any]) -> dict[str, Any]:
@@ -192,13 +192,12 @@ def _scenarios() -> list[Scenario]:
             many.append(clone)
             if len(many) == 1000:
                 break
-    realistic = call(resources)
+    realistic = call(resources, response)
     found = realistic["prefetch"]["observations"]["total"]
     name = f"patient-view, realistic ({found} Observations + red-flag QR, {_kib(realistic)} KiB)"
-    chart = call(resources, filtered=False)
-    every_new = call([patient, *(marked(r) for r in resources if r is not patient)])
-    every_new["prefetch"]["questionnaireResponses"]["entry"][0]["resource"] = marked(response)
-    thousand = call([patient, *many], filtered=False)
+    chart = call(resources, response, filtered=False)
+    every_new = call([patient, *(marked(r) for r in resources if r is not patient)], marked(response))
+    thousand = call([patient, *many], response, filtered=False)
     return [
         Scenario(name, HOOK_PATH, realistic),
         Scenario(f"{name}, ES384", HOOK_PATH, realistic, alg="ES384"),
@@ -382,12 +381,15 @@ def _gunicorn(
 
 
 def _load(
-    args: argparse.Namespace, keys: Keys, base: str, scenario: Scenario, folder: Path
+    args: argparse.Namespace, keys: Keys, base: str, scenario: Scenario, folder: Path, signed: bool
 ) -> dict[str, float]:
-    """wrk posting the scenario's body, each request with its own token."""
+    """wrk posting the scenario's body, each request with its own token when `signed`."""
     folder.mkdir()
     (folder / "body.json").write_text(json.dumps(scenario.body))
-    keys.pool(PUBLIC_BASE_URL + scenario.path, scenario.alg, MAX_RATE * args.seconds, folder, threads=2)
+    # Unsigned (development: no caller is checked) one token a thread is enough; signing a full
+    # pool costs ~1 ms a token, 16,000 a row.
+    count = MAX_RATE * args.seconds if signed else 2
+    keys.pool(PUBLIC_BASE_URL + scenario.path, scenario.alg, count, folder, threads=2)
     script = folder / "post.lua"
     script.write_text(
         LUA % {"dir": folder, "body": folder / "body.json", "path": scenario.path, "mark": MARK}
@@ -415,6 +417,7 @@ def _rows(
     workdir: Path,
     label: str = "",
     healthz: str = "",
+    signed: bool = True,
 ) -> list[tuple[str, dict[str, float]]]:
     """wrk on each scenario against one running server, with the workers' CPU per call.
 
@@ -425,22 +428,27 @@ def _rows(
     rows = []
     for i, scenario in enumerate(scenarios):
         adjacent = _wrk(healthz or f"{base}/healthz", ADJACENT_SECONDS, args.connections, None)
-        before = _cpu_seconds(server.pid)
-        result = _load(args, keys, base, scenario, workdir / f"{label}s{i}-{secrets.token_hex(2)}")
-        calls = result["rps"] * args.seconds
-        result["cpu_us"] = (_cpu_seconds(server.pid) - before) / calls * 1e6 if calls else float("nan")
+        folder = workdir / f"{label}s{i}-{secrets.token_hex(2)}"
+        result = _with_cpu(args, server, lambda s=scenario, f=folder: _load(args, keys, base, s, f, signed))
         result["base_rps"] = adjacent["rps"]
         rows.append((f"{label}{scenario.name}", result))
     return rows
 
 
-def _baseline(args: argparse.Namespace, base: str, server: subprocess.Popen[bytes]) -> dict[str, float]:
-    """GET /healthz under the same load, with the workers' CPU per call."""
+def _with_cpu(
+    args: argparse.Namespace, server: subprocess.Popen[bytes], load: Callable[[], dict[str, float]]
+) -> dict[str, float]:
+    """`load`'s wrk result with the workers' CPU µs per call over it."""
     before = _cpu_seconds(server.pid)
-    result = _wrk(f"{base}/healthz", args.seconds, args.connections, None)
+    result = load()
     calls = result["rps"] * args.seconds
     result["cpu_us"] = (_cpu_seconds(server.pid) - before) / calls * 1e6 if calls else float("nan")
     return result
+
+
+def _baseline(args: argparse.Namespace, base: str, server: subprocess.Popen[bytes]) -> dict[str, float]:
+    """GET /healthz under the same load, with the workers' CPU per call."""
+    return _with_cpu(args, server, lambda: _wrk(f"{base}/healthz", args.seconds, args.connections, None))
 
 
 def _print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
@@ -486,7 +494,7 @@ def _field(
         ("naive (fhir.resources on all): ", "bench.variants:create_naive_app()"),
     ):
         with _gunicorn(args, keys, workdir, uri, config=config, **auth) as (base, server, _):
-            rows += _rows(args, keys, base, server, hooks, workdir, label, healthz)
+            rows += _rows(args, keys, base, server, hooks, workdir, label, healthz, config == "production")
     if config == "production" and hooks:
         floor = Scenario("auth only: RS384 + Redis + SQLite insert, no FHIR/rules", HOOK_PATH, hooks[0].body)
         with _gunicorn(args, keys, workdir, "bench.floor:create_floor_app()", **auth) as (base, server, _):
@@ -503,7 +511,7 @@ def _run_config(args: argparse.Namespace, keys: Keys, scenarios: list[Scenario],
         with _gunicorn(args, keys, workdir, config=config) as (base, server, ready):
             rows = [("baseline GET /healthz (no auth)", _baseline(args, base, server))]
             service = scenarios if config == "production" else [s for s in scenarios if s.alg == "RS384"]
-            rows += _rows(args, keys, base, server, service, workdir)
+            rows += _rows(args, keys, base, server, service, workdir, signed=config == "production")
             memory = _worker_memory_mb(server.pid)
             if not args.no_field:
                 # The service stays up, idle, so each field row has its /healthz beside it.

@@ -36,11 +36,8 @@ def _take() -> bytes:
 
 
 def new_uuid() -> uuid.UUID:
-    """A random (version 4) UUID."""
-    raw = bytearray(_take())
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return uuid.UUID(bytes=bytes(raw))
+    """A random (version 4) UUID: the uuid module sets the version and variant bits."""
+    return uuid.UUID(bytes=_take(), version=4)
 
 
 def new_uuid_text() -> str:

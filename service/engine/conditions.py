@@ -125,7 +125,7 @@ class LabIs:
             matches = self.status in lab.grades
         if self.current is not None and lab.current != self.current:
             matches = False
-        return matches, (lab.evidence(),)
+        return matches, (lab.evidence,)
 
     def fact_names(self) -> set[str]:
         """Labs are named by analyte."""
@@ -145,7 +145,7 @@ class LabCompare:
         lab = facts.labs.get(self.analyte) or facts.helper_labs.get(self.analyte)
         if lab is None or lab.value is None:
             return None, ()
-        return NUMERIC_TESTS[self.op](lab.value, self.limit), (lab.evidence(),)
+        return NUMERIC_TESTS[self.op](lab.value, self.limit), (lab.evidence,)
 
     def fact_names(self) -> set[str]:
         """Labs are named by analyte."""

@@ -487,7 +487,7 @@ class FactExtractor:
             else set()
         )
         abnormal = [
-            lab.evidence()
+            lab.evidence
             for name, lab in facts.labs.items()
             if lab.status in ("low", "high", "abnormal") and name not in superseded
         ]

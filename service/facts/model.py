@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 
 from service.errors import Issue
 
@@ -69,15 +70,10 @@ class LabResult:
     flags: tuple[str, ...] = ()  # the laboratory's interpretation codes
     flagged: bool = False  # the laboratory flagged it low, high or abnormal
 
+    @cached_property
     def evidence(self) -> Evidence:
         """The result as card evidence: value, flag, range, grade, freshness and the code read."""
-        # Built once: every rule naming the analyte asks for it (a frozen result never changes).
-        built = self.__dict__.get("_evidence")
-        if built is None:
-            built = self.__dict__["_evidence"] = self._evidence()
-        return built
-
-    def _evidence(self) -> Evidence:
+        # Built once: every rule naming the analyte reads it (a frozen result never changes).
         flag = {"low": "low", "high": "high", "abnormal": "abnormal", "normal": "in range"}.get(
             self.status, "not judged"
         )
