@@ -46,7 +46,7 @@ class Evaluator:
         self.selector = Selector(ruleset.reference)
         self.validator = Validator(max_depth, memo_entries, memo_bytes)
         published = questionnaire_url(canonical_base, ruleset.reference.questionnaire)
-        self.extractor = FactExtractor(ruleset.reference, published)
+        self.extractor = FactExtractor(ruleset.reference, published, memo_entries)
         app_link = None
         if app_launch_url:
             app_link = AppLink(app_launch_url, published, tuple(ruleset.reference.questionnaire.items))

@@ -193,5 +193,7 @@ def test_answers_are_the_same_with_and_without_the_memo() -> None:
     first, second = _answers(remembering, calls), _answers(remembering, calls)
     memo = remembering.extensions["evaluator"].validator.memo
     assert memo.hits > len(calls), "the second pass should have been served from the memo"
+    reads = remembering.extensions["evaluator"].extractor.memo
+    assert reads.hits > len(calls), "and what was read from those models, too"
     assert first == plain
     assert second == plain

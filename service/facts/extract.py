@@ -11,6 +11,7 @@ from typing import Any
 from service.engine.reference import Measurement, Questionnaire, ReferenceData
 from service.errors import Issue, echo
 from service.facts.labs import LAB_STATUSES, Component, LabReader, Unusable, effective_date
+from service.facts.memo import ResourceMemo
 from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
 from service.fhir.dates import fhir_date
 from service.fhir.intake import Intake
@@ -70,8 +71,9 @@ class FactBuilder:
 class FactExtractor:
     """Reads answers, coded findings, labs and orders into PatientFacts."""
 
-    def __init__(self, reference: ReferenceData, questionnaire_url: str) -> None:
+    def __init__(self, reference: ReferenceData, questionnaire_url: str, memo_entries: int = 0) -> None:
         self.reference = reference
+        self.memo = ResourceMemo(memo_entries)  # reads of objects the validation memo hands back
         self.questionnaire: Questionnaire = reference.questionnaire
         self.questionnaire_url = questionnaire_url
         self.labs = LabReader(reference)
@@ -174,14 +176,23 @@ class FactExtractor:
         if picked is None:
             return
         response, path = picked
+        # Read once per object: the same (memoised) response on the next call is not walked again.
+        answers, found = self.memo.read(response, "answers", path, self._answers, response, path)
+        for name, value, evidence in answers:
+            builder.add(name, value, evidence)
+        problems.extend(found)
+
+    def _answers(
+        self, response: Any, path: str
+    ) -> tuple[tuple[tuple[str, FactValue, Evidence], ...], tuple[Issue, ...]]:
+        """Every answered item of our questionnaire as (fact, value, evidence), and the answers not read."""
         ref = _ref(response)
         when = fhir_date(response.authored)
         when_text = when.isoformat() if when else None
-        builder.add(
-            "twitching",
-            True,
-            Evidence("Twitching assessment", "completed", ref, when_text, context=True),
-        )
+        answers: list[tuple[str, FactValue, Evidence]] = [
+            ("twitching", True, Evidence("Twitching assessment", "completed", ref, when_text, context=True))
+        ]
+        problems: list[Issue] = []
         for item, item_path in self._walk(response.item, path):
             if item.linkId not in self.questionnaire.items or not item.answer:
                 continue  # unanswered: unknown, never "no"
@@ -199,7 +210,8 @@ class FactExtractor:
                 if isinstance(value, float)
                 else str(value)
             )
-            builder.add(item.linkId, value, Evidence(spec.label, shown, ref, when_text))
+            answers.append((item.linkId, value, Evidence(spec.label, shown, ref, when_text)))
+        return tuple(answers), tuple(problems)
 
     # -- coded findings ----------------------------------------------------------------------
     def _read_findings(self, intake: Intake, builder: FactBuilder) -> None:
@@ -257,28 +269,12 @@ class FactExtractor:
         latest: dict[str, LabResult] = {}
         unusable: list[Unusable] = []
         for obs, path in intake.observations:
-            measurement = next(
-                (self.measurements[k] for k in _codes(obs.code) if k in self.measurements), None
-            )
-            if measurement is not None:
-                self._read_measurement(obs, measurement, builder)
+            # The same (memoised) object on the next call is not read again.
+            key = (path, sex, facts.today)
+            measured, reads = self.memo.read(obs, "observation", key, self._read_observation, obs, *key)
+            if measured is not None:
+                builder.add(*measured)
                 continue
-            hit = self.labs.analyte(obs)  # once per Observation: read() is handed it
-            reads: list[LabResult | Unusable | None] = []
-            # A panel (e.g. a basic metabolic panel) carries its results in components: each
-            # component that names an analyte is read as a result of its own.
-            parts = self.labs.components(obs) if obs.component else []
-            for index, part_hit in parts:
-                part, part_path = Component(obs, index), f"{path}.component[{index}]"
-                if part_hit is not None:
-                    reads.append(self.labs.read(part, part_path, sex, facts.today, part_hit))
-                else:
-                    reads.append(self.labs.lookalike(part, part_path))
-            if hit is not None:
-                if not (parts and obs.valueQuantity is None):
-                    reads.append(self.labs.read(obs, path, sex, facts.today, hit))
-            elif not parts:
-                reads.append(None if self._is_finding(obs) else self.labs.lookalike(obs, path))
             for read in reads:
                 if isinstance(read, Unusable):
                     unusable.append(read)
@@ -313,6 +309,31 @@ class FactExtractor:
         facts.labs = {k: v for k, v in latest.items() if self.reference.analytes[k].judged}
         facts.helper_labs = {k: v for k, v in latest.items() if not self.reference.analytes[k].judged}
 
+    def _read_observation(
+        self, obs: Any, path: str, sex: str | None, today: date
+    ) -> tuple[tuple[str, FactValue, Evidence] | None, tuple[LabResult | Unusable | None, ...]]:
+        """A measurement's fact, or the lab results (and unusable ones) one Observation holds."""
+        measurement = next((self.measurements[k] for k in _codes(obs.code) if k in self.measurements), None)
+        if measurement is not None:
+            return self._read_measurement(obs, measurement), ()
+        hit = self.labs.analyte(obs)  # once per Observation: read() is handed it
+        reads: list[LabResult | Unusable | None] = []
+        # A panel (e.g. a basic metabolic panel) carries its results in components: each
+        # component that names an analyte is read as a result of its own.
+        parts = self.labs.components(obs) if obs.component else []
+        for index, part_hit in parts:
+            part, part_path = Component(obs, index), f"{path}.component[{index}]"
+            if part_hit is not None:
+                reads.append(self.labs.read(part, part_path, sex, today, part_hit))
+            else:
+                reads.append(self.labs.lookalike(part, part_path))
+        if hit is not None:
+            if not (parts and obs.valueQuantity is None):
+                reads.append(self.labs.read(obs, path, sex, today, hit))
+        elif not parts:
+            reads.append(None if self._is_finding(obs) else self.labs.lookalike(obs, path))
+        return None, tuple(reads)
+
     def _adjust_calcium(self, latest: dict[str, LabResult], today: date) -> None:
         """Estimate albumin-adjusted calcium from total calcium and albumin when the lab gave none."""
         rule = self.reference.calcium_adjustment
@@ -340,26 +361,23 @@ class FactExtractor:
         keys = [*_codes(obs.code), *_codes(obs.valueCodeableConcept)]
         return any(key in self.finding_facts for key in keys)
 
-    def _read_measurement(self, obs: Any, measurement: Measurement, builder: FactBuilder) -> None:
+    def _read_measurement(self, obs: Any, measurement: Measurement) -> tuple[str, FactValue, Evidence] | None:
         quantity = obs.valueQuantity
         if obs.status not in LAB_STATUSES or quantity is None or quantity.value is None:
-            return
+            return None
         factor = measurement.unit_factors.get(quantity.code or quantity.unit or "")
         if factor is None:
-            return
+            return None
         value = float(quantity.value) * factor
         when = effective_date(obs)
         spec = self.questionnaire.items[measurement.fact]
-        builder.add(
-            measurement.fact,
-            value,
-            Evidence(
-                measurement.code.display or spec.label,
-                f"{_fmt_number(round(value, 2))} {measurement.unit}",
-                _ref(obs),
-                when.isoformat() if when else None,
-            ),
+        evidence = Evidence(
+            measurement.code.display or spec.label,
+            f"{_fmt_number(round(value, 2))} {measurement.unit}",
+            _ref(obs),
+            when.isoformat() if when else None,
         )
+        return measurement.fact, value, evidence
 
     # -- medications -------------------------------------------------------------------------
     @staticmethod
@@ -377,52 +395,64 @@ class FactExtractor:
         return None, display or target
 
     def _read_medications(self, intake: Intake, facts: PatientFacts, builder: FactBuilder) -> None:
-        medications = self.reference.medications
         for resource, path in intake.medications:
-            if resource.status not in ACTIVE_MEDICATION_STATUSES:
-                continue  # stopped, completed, entered-in-error...: not what the patient takes now
-            concept, referenced = self._drug_concept(resource)
-            if concept is None:
-                facts.problems.append(
-                    Issue(
-                        f"{resource.get_resource_type()}: the medicine is named only by a reference"
-                        f" ({echo(referenced) if referenced else 'none'}) to a Medication that was not"
-                        " sent; not read",
-                        f"{path}.medicationReference",
-                        severity="warning",
-                        code="incomplete",
-                    )
-                )
-                continue
-            found: dict[str, str] = {}  # ingredient -> how it was matched
-            for system, code in _codes(concept):
-                coded = self.drug_by_code.get((system, code))
-                if coded:
-                    short = "RxNorm" if "rxnorm" in system else "ATC"
-                    found.setdefault(coded, f"{short} {code}")
-            texts = [concept.text or "", *(c.display or "" for c in concept.coding or ())]
-            for text in texts:
-                for match in self.drug_names.finditer(text):
-                    found.setdefault(self.drug_by_name[match.group(1).lower()], "matched by name")
-            if not found:
-                continue
-            shown = concept.text or next((c.display for c in concept.coding or () if c.display), "")
-            when = fhir_date(
-                getattr(resource, "authoredOn", None)
-                or getattr(resource, "effectiveDateTime", None)
-                or getattr(resource, "dateAsserted", None)
+            # The same (memoised) object on the next call is not read again.
+            problem, adds = self.memo.read(resource, "medication", path, self._medication, resource, path)
+            if problem is not None:
+                facts.problems.append(problem)
+            for name, value, evidence in adds:
+                builder.add(name, value, evidence)
+
+    def _medication(
+        self, resource: Any, path: str
+    ) -> tuple[Issue | None, tuple[tuple[str, FactValue, Evidence], ...]]:
+        """The facts an active medicine gives (one per class fact), or why it cannot be read."""
+        medications = self.reference.medications
+        if resource.status not in ACTIVE_MEDICATION_STATUSES:
+            return None, ()  # stopped, completed, entered-in-error...: not what the patient takes now
+        concept, referenced = self._drug_concept(resource)
+        if concept is None:
+            return (
+                Issue(
+                    f"{resource.get_resource_type()}: the medicine is named only by a reference"
+                    f" ({echo(referenced) if referenced else 'none'}) to a Medication that was not"
+                    " sent; not read",
+                    f"{path}.medicationReference",
+                    severity="warning",
+                    code="incomplete",
+                ),
+                (),
             )
-            for ingredient_id, how in found.items():
-                ingredient = medications.ingredients[ingredient_id]
-                drug_class = medications.classes[ingredient.drug_class]
-                evidence = Evidence(
-                    f"Medicine ({drug_class.label})",
-                    f"{shown or ingredient.id} ({ingredient.id}; {how})",
-                    _ref(resource),
-                    when.isoformat() if when else None,
-                )
-                for fact in drug_class.facts:
-                    builder.add(fact, True, evidence)
+        found: dict[str, str] = {}  # ingredient -> how it was matched
+        for system, code in _codes(concept):
+            coded = self.drug_by_code.get((system, code))
+            if coded:
+                short = "RxNorm" if "rxnorm" in system else "ATC"
+                found.setdefault(coded, f"{short} {code}")
+        texts = [concept.text or "", *(c.display or "" for c in concept.coding or ())]
+        for text in texts:
+            for match in self.drug_names.finditer(text):
+                found.setdefault(self.drug_by_name[match.group(1).lower()], "matched by name")
+        if not found:
+            return None, ()
+        shown = concept.text or next((c.display for c in concept.coding or () if c.display), "")
+        when = fhir_date(
+            getattr(resource, "authoredOn", None)
+            or getattr(resource, "effectiveDateTime", None)
+            or getattr(resource, "dateAsserted", None)
+        )
+        adds: list[tuple[str, FactValue, Evidence]] = []
+        for ingredient_id, how in found.items():
+            ingredient = medications.ingredients[ingredient_id]
+            drug_class = medications.classes[ingredient.drug_class]
+            evidence = Evidence(
+                f"Medicine ({drug_class.label})",
+                f"{shown or ingredient.id} ({ingredient.id}; {how})",
+                _ref(resource),
+                when.isoformat() if when else None,
+            )
+            adds += [(fact, True, evidence) for fact in drug_class.facts]
+        return None, tuple(adds)
 
     # -- orders ------------------------------------------------------------------------------
     def _read_orders(self, intake: Intake, facts: PatientFacts, drafts: list[Any]) -> None:
