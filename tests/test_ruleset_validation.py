@@ -86,6 +86,12 @@ CASES: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
     ),
     (
         "set/persistent-twitching.yaml",
+        "a number test against text",
+        lambda r: r["when"]["all"].append({"fact": "duration-days", "above": "two weeks"}),
+        "duration-days': above takes a number, not 'two weeks'",
+    ),
+    (
+        "set/persistent-twitching.yaml",
         "unknown analyte",
         lambda r: r["when"]["all"].append({"lab": "unobtainium", "is": "low"}),
         "unknown analyte 'unobtainium'",

@@ -34,13 +34,13 @@ class Firing:
 
 
 def _fire(rule: Rule, facts: PatientFacts) -> Firing | None:
-    truth, evidence = rule.when.evaluate(facts)
+    truth, evidence = rule.when.check(facts)
     if truth is not True:
         return None
     indicator, summary, advice = rule.indicator, rule.summary, rule.advice
     wanted = rule.suggestions
     for variant in rule.variants:
-        vtruth, vevidence = variant.when.evaluate(facts)
+        vtruth, vevidence = variant.when.check(facts)
         if vtruth is not True:
             continue
         indicator = variant.indicator or indicator
