@@ -36,6 +36,7 @@ class Stores:
     spool: AuditSpool  # hook calls' records on their way to the database
     patient_hash: PatientHasher
     rules_by_topic: dict[str, tuple[str, str]]  # card topic code -> (rule id, version)
+    versions: dict[str, str]  # rule id -> version
 
 
 def stores() -> Stores:
@@ -51,7 +52,7 @@ def _hook_call(found: Stores, response: Response) -> HookCall:
     caller = g.get("caller")
     cards = issued_cards(list(getattr(outcome, "cards", None) or ()), found.rules_by_topic)
     fired = list(getattr(outcome, "fired", None) or ())
-    versions = dict(found.rules_by_topic.values())
+    versions = found.versions
     patient_id = getattr(hook_request, "patient_id", None)
     return HookCall(
         received_at=datetime.now(UTC),
@@ -107,6 +108,7 @@ def install_stores(app: Flask) -> Stores:
         spool=AuditSpool(spool_folder(instance, db), audit.insert, int(app.config["AUDIT_SPOOL_MAX_BYTES"])),
         patient_hash=PatientHasher(secret),
         rules_by_topic={r.topic_code: (r.id, r.version) for r in ruleset.rules},
+        versions={r.id: r.version for r in ruleset.rules},
     )
     app.extensions["stores"] = found
     app.after_request(lambda response: _audit(found, response))

@@ -115,27 +115,39 @@ _CALL_COLUMNS = (
 _LATEST_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM hook_call ORDER BY id DESC LIMIT ?"  # noqa: S608
 
 
+EARLY_FEEDBACK_CHUNK = 500  # card uuids per lookup (SQLite allows 32,766 parameters a statement)
+
+
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _attribute_early_feedback(tx: Tx, record: dict[str, Any], card: dict[str, Any]) -> None:
-    """Feedback that arrived before its card's record left another worker's spool: now known."""
-    rows = tx.rows(
-        "SELECT id, issuer, accepted_suggestions FROM feedback"
-        " WHERE card_uuid = ? AND service_id = ? AND known_card = ?",
-        (card["uuid"], record["service_id"], False),
-    )
-    for feedback_id, issuer, accepted in rows:
-        if issuer != record["issuer"]:
-            continue  # feedback from another client stays unknown, as FeedbackStore.save decides
-        accepted_list = orjson.loads(accepted) if isinstance(accepted, str | bytes) else accepted
-        unknown = [s for s in accepted_list if s not in card["suggestions"]]
-        tx.execute(
-            "UPDATE feedback SET known_card = ?, rule_id = ?, rule_version = ?, unknown_suggestions = ?"
-            " WHERE id = ?",
-            (True, card["rule"], card["version"], _json(unknown), feedback_id),
+def _attribute_early_feedback(tx: Tx, issued: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Feedback that arrived before its card's record left another worker's spool: now known.
+
+    One query for the cards of a whole batch (by uuid, at most EARLY_FEEDBACK_CHUNK at a time),
+    not one per card: feedback before the record is rare, and this runs for every card stored.
+    """
+    by_uuid = {card["uuid"]: (record, card) for record, card in issued}
+    uuids = list(by_uuid)
+    for first in range(0, len(uuids), EARLY_FEEDBACK_CHUNK):
+        chunk = uuids[first : first + EARLY_FEEDBACK_CHUNK]
+        rows = tx.rows(
+            "SELECT id, card_uuid, service_id, issuer, accepted_suggestions FROM feedback"  # noqa: S608
+            f" WHERE known_card = ? AND card_uuid IN ({', '.join('?' * len(chunk))})",
+            (False, *chunk),
         )
+        for feedback_id, card_uuid, service_id, issuer, accepted in rows:
+            record, card = by_uuid[card_uuid]
+            if service_id != record["service_id"] or issuer != record["issuer"]:
+                continue  # feedback from another client stays unknown, as FeedbackStore.save decides
+            accepted_list = orjson.loads(accepted) if isinstance(accepted, str | bytes) else accepted
+            unknown = [s for s in accepted_list if s not in card["suggestions"]]
+            tx.execute(
+                "UPDATE feedback SET known_card = ?, rule_id = ?, rule_version = ?, unknown_suggestions = ?"
+                " WHERE id = ?",
+                (True, card["rule"], card["version"], _json(unknown), feedback_id),
+            )
 
 
 def call_record(call: HookCall, call_key: str) -> dict[str, Any]:
@@ -195,15 +207,46 @@ class AuditTrail:
     def insert(self, records: list[dict[str, Any]]) -> int:
         """Store spooled records in one transaction; returns how many were new (not replays)."""
         new = 0
+        cards: list[tuple[Any, ...]] = []
+        issued: list[tuple[dict[str, Any], dict[str, Any]]] = []
         with self.db.transaction() as tx:
             for record in records:
                 if not well_formed(record):
                     log.error("audit record %s is malformed; skipped", str(record.get("key"))[:40])
                     continue
-                new += self._insert(tx, record)
+                call_id = self._insert_call(tx, record)
+                if call_id is None:
+                    continue  # already stored: a record replayed after a crash between insert and truncate
+                new += 1
+                for card in record["cards"]:
+                    cards.append(
+                        (
+                            card["uuid"],
+                            call_id,
+                            record["service_id"],
+                            record["issuer"],
+                            card["rule"],
+                            card["topic"],
+                            card["version"],
+                            _json(card["suggestions"]),
+                            record["at"],
+                        )
+                    )
+                    issued.append((record, card))
+            if cards:
+                # One statement for the batch's cards. A uuid is issued once; ON CONFLICT keeps a
+                # (never expected) repeat from failing the batch.
+                tx.executemany(
+                    "INSERT INTO issued_card (card_uuid, call_id, service_id, issuer, rule_id, topic_code,"
+                    " rule_version, suggestion_uuids, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (card_uuid) DO NOTHING",
+                    cards,
+                )
+                _attribute_early_feedback(tx, issued)
         return new
 
-    def _insert(self, tx: Tx, record: dict[str, Any]) -> int:
+    def _insert_call(self, tx: Tx, record: dict[str, Any]) -> int | None:
+        """The new call's row id, or None when its key is already stored."""
         row = tx.execute(
             "INSERT INTO hook_call (call_key, received_at, request_id, service_id, hook, hook_instance,"
             " issuer, subject, tenant, jti, patient_hash, status, latency_ms, rules, cards)"
@@ -229,30 +272,7 @@ class AuditTrail:
                 ),
             ),
         ).fetchone()
-        if row is None:
-            return 0  # already stored: a record replayed after a crash between insert and truncate
-        call_id = int(row[0])
-        for card in record["cards"]:
-            # A uuid is issued once; ON CONFLICT keeps a (never expected) repeat from failing the call.
-            cursor = tx.execute(
-                "INSERT INTO issued_card (card_uuid, call_id, service_id, issuer, rule_id, topic_code,"
-                " rule_version, suggestion_uuids, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (card_uuid) DO NOTHING",
-                (
-                    card["uuid"],
-                    call_id,
-                    record["service_id"],
-                    record["issuer"],
-                    card["rule"],
-                    card["topic"],
-                    card["version"],
-                    _json(card["suggestions"]),
-                    record["at"],
-                ),
-            )
-            if cursor.rowcount:
-                _attribute_early_feedback(tx, record, card)
-        return 1
+        return None if row is None else int(row[0])
 
     def calls(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest hook calls, newest first (for tests and operators)."""

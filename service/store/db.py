@@ -113,6 +113,14 @@ class Tx:
         cursor: Cursor = self._conn.execute(sql, tuple(params))
         return cursor
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each row of parameters (one call into the driver)."""
+        if self.dialect == "postgresql":
+            with self._conn.cursor() as cursor:
+                cursor.executemany(sql.replace("?", "%s"), [tuple(r) for r in rows])
+        else:
+            self._conn.executemany(sql, [tuple(r) for r in rows])
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a query and return every row as a tuple."""
         return [tuple(r) for r in self.execute(sql, params).fetchall()]
