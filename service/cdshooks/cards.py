@@ -114,7 +114,7 @@ class CardRenderer:
         return "; ".join(labels)
 
     def _detail(self, firing: Firing, facts: PatientFacts) -> str:
-        lines = ["**Why this card**", *(e.markdown() for e in firing.evidence), "", firing.advice]
+        lines = ["**Why this card**", *(e.markdown for e in firing.evidence), "", firing.advice]
         if firing.already:
             lines += ["", "**Already in hand**", *(f"- {md_escape(text)}" for text in firing.already)]
         if firing.withheld:

@@ -30,8 +30,9 @@ class Evidence:
     stale: bool = False  # a lab result older than its look-back
     lab: bool = False  # a lab result (freshness applies)
 
+    @cached_property
     def markdown(self) -> str:
-        """One markdown list line for the card detail."""
+        """One markdown list line for the card detail (built once: remembered reads reuse evidence)."""
         when = f", {md_escape(self.when)}" if self.when else ""
         return f"- {md_escape(self.label)}: **{md_escape(self.value)}** ({md_escape(self.source)}{when})"
 
