@@ -46,7 +46,10 @@ class Evaluator:
         self.selector = Selector(ruleset.reference)
         self.validator = Validator(max_depth, memo_entries, memo_bytes)
         published = questionnaire_url(canonical_base, ruleset.reference.questionnaire)
-        self.extractor = FactExtractor(ruleset.reference, published, memo_entries)
+        # What the extractor reads from a kept object is kept with it, in the validation memo.
+        memo = self.validator.memo
+        room_for = memo.derived if memo is not None else None
+        self.extractor = FactExtractor(ruleset.reference, published, room_for)
         app_link = None
         if app_launch_url:
             app_link = AppLink(app_launch_url, published, tuple(ruleset.reference.questionnaire.items))

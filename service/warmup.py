@@ -138,7 +138,6 @@ def warm_up(pipeline: HookPipeline, canonical_base: str) -> float:
     pipeline.evaluator.intake(read_prefetch(body["prefetch"]).resources)
     if pipeline.evaluator.validator.memo is not None:
         pipeline.evaluator.validator.memo.clear()  # the dummy resources would only take up room
-    pipeline.evaluator.extractor.memo.clear()
     elapsed = time.perf_counter() - started
     log.info("warmed up in %.0f ms", elapsed * 1000)
     return elapsed

@@ -12,10 +12,12 @@ import copy
 from datetime import date
 from typing import Any
 
+import orjson
 from flask import Flask
 
 from service.app import create_app
-from service.facts.memo import ResourceMemo
+from service.facts.memo import MAX_KEYS_PER_OBJECT, ResourceMemo
+from service.fhir.intake import ValidatedModels
 from tests.conftest import EXAMPLE_DAY, EXAMPLES, bundle_to_hook_request, load_json
 
 SERVICE = "/cds-services/twitching-red-flags"
@@ -101,7 +103,7 @@ def test_a_resent_result_is_read_once_and_answered_alike() -> None:
     call = _call(LOW_POTASSIUM)
     first, second = _answer(remembering, call), _answer(remembering, call)
     memo = remembering.extensions["evaluator"].extractor.memo
-    assert memo.hits >= 1
+    assert memo.hits == 2  # the second call: the potassium and the answers
     assert first == second == _answer(plain, call)
     assert "3.1 mmol/L" in _text(first)
 
@@ -150,23 +152,62 @@ def _paths(answer: dict[str, Any]) -> set[str]:
     return {line for c in answer["cards"] for line in c.get("detail", "").splitlines() if "entry[" in line}
 
 
-def test_the_memo_is_bounded_and_keyed_by_the_object_itself() -> None:
-    """Oldest first out past the bound; an equal but distinct object is read afresh."""
-    memo = ResourceMemo(max_entries=2)
+def test_reads_live_and_go_with_the_validation_memos_entry() -> None:
+    """Kept only for an object the validation memo keeps, and dropped when it drops the object."""
+    models = ValidatedModels(max_entries=1)
+    memo = ResourceMemo(models.derived)
     calls: list[str] = []
 
     def read(name: str) -> str:
         calls.append(name)
         return name.upper()
 
-    a, b, c = ["a"], ["b"], ["c"]
-    assert memo.read(a, "kind", 1, read, "a") == "A"
-    assert memo.read(a, "kind", 1, read, "a") == "A"
-    assert memo.read(["a"], "kind", 1, read, "a") == "A"  # equal, not the same object
-    assert memo.read(b, "kind", 1, read, "b") == "B"
-    assert memo.read(c, "kind", 1, read, "c") == "C"
-    assert len(memo) == 2
-    assert memo.read(a, "kind", 2, read, "a") == "A"  # another key: read again
-    assert calls == ["a", "a", "b", "c", "a"]
-    assert ResourceMemo(0).read(a, "kind", 1, read, "a") == "A"
-    assert calls == ["a", "a", "b", "c", "a", "a"]  # off: always read
+    kept, other = ["kept"], ["other"]
+    models.put(b"kept", kept)
+    assert memo.read(kept, "kind", 1, read, "kept") == "KEPT"
+    assert memo.read(kept, "kind", 1, read, "kept") == "KEPT"  # remembered
+    assert memo.read(["kept"], "kind", 1, read, "kept") == "KEPT"  # equal, not the object kept
+    assert memo.read(kept, "kind", 2, read, "kept") == "KEPT"  # another key: read again
+    assert calls == ["kept", "kept", "kept"]
+    models.put(b"other", other)  # the bound of one entry drops `kept`, and its reads with it
+    assert models.derived(kept) is None
+    assert memo.read(kept, "kind", 1, read, "kept") == "KEPT"
+    assert calls == ["kept"] * 4
+    models.clear()
+    assert models.derived(other) is None
+
+
+def test_an_object_read_under_many_keys_starts_over() -> None:
+    """One object read at many paths or on many days keeps at most MAX_KEYS_PER_OBJECT reads."""
+    models = ValidatedModels(max_entries=8)
+    memo = ResourceMemo(models.derived)
+    kept = ["kept"]
+    models.put(b"kept", kept)
+    for key in range(MAX_KEYS_PER_OBJECT * 3):
+        memo.read(kept, "kind", key, str, key)
+    room = models.derived(kept)
+    assert room is not None
+    assert 0 < len(room) <= MAX_KEYS_PER_OBJECT
+
+
+def test_nothing_is_kept_without_the_validation_memo() -> None:
+    """VALIDATION_MEMO_ENTRIES=0: no model is kept, so no read is either."""
+    app = _app(False)
+    call = _call(LOW_POTASSIUM)
+    _answer(app, call)
+    _answer(app, call)
+    memo = app.extensions["evaluator"].extractor.memo
+    assert (memo.hits, memo.misses) == (0, 0)
+
+
+def test_a_resource_too_large_to_keep_is_read_afresh() -> None:
+    """A resource over the validation memo's per-resource limit is not kept, nor what is read from it."""
+    settings = {"VALIDATION_MEMO_ENTRIES": 64, "VALIDATION_MEMO_BYTES": 64 * 8000}  # 8,000 bytes at most
+    app = create_app({"TESTING": True, "TODAY": EXAMPLE_DAY, **settings})
+    assert len(orjson.dumps(ANSWERS)) < 8000
+    padded = {**LOW_POTASSIUM, "note": [{"text": "x" * 9000}]}
+    call = _call(padded)
+    first, second = _answer(app, call), _answer(app, call)
+    assert first == second
+    memo = app.extensions["evaluator"].extractor.memo
+    assert memo.hits == 1  # the QuestionnaireResponse only: the padded potassium was read twice

@@ -92,6 +92,12 @@ CASES: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
     ),
     (
         "set/persistent-twitching.yaml",
+        "a number fact equal to text",
+        lambda r: r["when"]["all"].append({"fact": "duration-days", "equals": "14"}),
+        "duration-days': equals takes a number, not '14'",
+    ),
+    (
+        "set/persistent-twitching.yaml",
         "unknown analyte",
         lambda r: r["when"]["all"].append({"lab": "unobtainium", "is": "low"}),
         "unknown analyte 'unobtainium'",

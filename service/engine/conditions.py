@@ -304,8 +304,7 @@ class AnyOf(_Node):
         def any_of(facts: PatientFacts) -> Result:
             true_evidence: list[Evidence] = []
             false_evidence: list[Evidence] = []
-            found = known = False
-            unknown = False
+            found = unknown = False
             for part in parts:  # every part: the card names every trigger, not the first
                 truth, seen = part(facts)
                 if truth is True:
@@ -314,11 +313,10 @@ class AnyOf(_Node):
                 elif truth is None:
                     unknown = True
                 else:
-                    known = True
                     false_evidence += seen
             if found:
                 return True, tuple(true_evidence)
-            if not unknown and known:
+            if not unknown:
                 return False, tuple(false_evidence)
             return UNKNOWN
 
@@ -474,7 +472,8 @@ def _parse(raw: Any, registry: Mapping[str, FactSpec], analytes: Mapping[str, An
             raise ConditionError(f"fact {name!r} ({spec.kind}) cannot be tested with {op!r}")
         if spec.options and operand not in spec.options:
             raise ConditionError(f"fact {name!r} has no option {operand!r}")
-        if op in NUMERIC_TESTS and (isinstance(operand, bool) or not isinstance(operand, (int, float))):
+        numeric = op in NUMERIC_TESTS or spec.kind == "number"
+        if numeric and (isinstance(operand, bool) or not isinstance(operand, (int, float))):
             raise ConditionError(f"fact {name!r}: {op} takes a number, not {operand!r}")
         return Compare(name, op, operand)
     raise ConditionError(f"unknown condition keys {sorted(keys)}")

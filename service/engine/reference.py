@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -68,6 +68,7 @@ class Range:
 
 
 # The four numeric tests a rule or a grade may name, shared by every comparison in the rules.
+_UNSEEN: Any = object()
 NUMERIC_TESTS: dict[str, Callable[[float, float], bool]] = {
     "above": operator.gt,
     "below": operator.lt,
@@ -149,8 +150,9 @@ class Analyte:
         # A feed's spellings repeat on every result, and normalising one costs more than the rest
         # of reading its value: each analyte remembers its own (bounded: spellings come from records).
         memo: dict[str, float | None] = self.__dict__.setdefault("_factors", {})
-        if spelling in memo:
-            return memo[spelling]
+        known = memo.get(spelling, _UNSEEN)  # one lookup: another thread may clear the memo meanwhile
+        if known is not _UNSEEN:
+            return cast(float | None, known)
         try:
             found: float | None = factor(normalise(spelling, self.unit_aliases), self.unit, self.chemistry)
         except UnitError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from datetime import date
 from typing import Any
 
@@ -71,9 +71,15 @@ class FactBuilder:
 class FactExtractor:
     """Reads answers, coded findings, labs and orders into PatientFacts."""
 
-    def __init__(self, reference: ReferenceData, questionnaire_url: str, memo_entries: int = 0) -> None:
+    def __init__(
+        self,
+        reference: ReferenceData,
+        questionnaire_url: str,
+        room_for: Callable[[Any], dict[Hashable, Any] | None] | None = None,
+    ) -> None:
         self.reference = reference
-        self.memo = ResourceMemo(memo_entries)  # reads of objects the validation memo hands back
+        # Reads of objects the validation memo keeps, stored in its entries (service/facts/memo.py).
+        self.memo = ResourceMemo(room_for)
         self.questionnaire: Questionnaire = reference.questionnaire
         self.questionnaire_url = questionnaire_url
         self.labs = LabReader(reference)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, NamedTuple
@@ -305,6 +305,9 @@ class ValidatedModels:
         self.largest = max_bytes // 64
         self.bytes = 0
         self._models: OrderedDict[bytes, Any] = OrderedDict()
+        # What later layers read from a kept model (service/facts/memo.py), by the model's id:
+        # dropped with the model, so it shares the memo's bounds and is never kept without it.
+        self._derived: dict[int, dict[Hashable, Any]] = {}
         self._lock = threading.Lock()  # gthread workers share one memo
         self.hits = 0
         self.misses = 0
@@ -323,10 +326,18 @@ class ValidatedModels:
             self.hits += 1
             return model
 
+    def derived(self, model: Any) -> dict[Hashable, Any] | None:
+        """The room for what is read from `model` while this memo keeps it; None when it does not.
+
+        Keyed by identity: a kept model is alive, so its id is never another object's meanwhile.
+        """
+        return self._derived.get(id(model))
+
     def clear(self) -> None:
         """Forget every model."""
         with self._lock:
             self._models.clear()
+            self._derived.clear()
             self.bytes = 0
 
     def put(self, key: bytes, model: Any) -> None:
@@ -334,13 +345,18 @@ class ValidatedModels:
         if len(key) > self.largest:
             return
         with self._lock:
-            if key not in self._models:
+            previous = self._models.get(key)
+            if previous is None:
                 self.bytes += len(key)
+            elif previous is not model:
+                self._derived.pop(id(previous), None)
             self._models[key] = model
+            self._derived.setdefault(id(model), {})
             self._models.move_to_end(key)
             while len(self._models) > self.max_entries or self.bytes > self.max_bytes:
-                dropped, _ = self._models.popitem(last=False)
+                dropped, gone = self._models.popitem(last=False)
                 self.bytes -= len(dropped)
+                self._derived.pop(id(gone), None)
 
 
 class Validator:

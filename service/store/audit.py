@@ -122,31 +122,36 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _attribute_early_feedback(tx: Tx, issued: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+def _attribute_early_feedback(tx: Tx, uuids: list[str], call_ids: set[int]) -> None:
     """Feedback that arrived before its card's record left another worker's spool: now known.
 
-    One query for the cards of a whole batch (by uuid, at most EARLY_FEEDBACK_CHUNK at a time),
-    not one per card: feedback before the record is rare, and this runs for every card stored.
+    Decided from the cards as stored, so only a card this batch stored counts (a uuid repeated in
+    a later record keeps its first row, and the feedback its first owner), and looked up once
+    per EARLY_FEEDBACK_CHUNK uuids of the batch rather than once per card: feedback before the
+    record is rare, and this runs for every card stored.
     """
-    by_uuid = {card["uuid"]: (record, card) for record, card in issued}
-    uuids = list(by_uuid)
     for first in range(0, len(uuids), EARLY_FEEDBACK_CHUNK):
         chunk = uuids[first : first + EARLY_FEEDBACK_CHUNK]
         rows = tx.rows(
-            "SELECT id, card_uuid, service_id, issuer, accepted_suggestions FROM feedback"  # noqa: S608
-            f" WHERE known_card = ? AND card_uuid IN ({', '.join('?' * len(chunk))})",
+            "SELECT f.id, f.service_id, f.issuer, f.accepted_suggestions, c.call_id, c.service_id,"  # noqa: S608
+            " c.issuer, c.rule_id, c.rule_version, c.suggestion_uuids"
+            " FROM feedback f JOIN issued_card c ON c.card_uuid = f.card_uuid"
+            f" WHERE f.known_card = ? AND f.card_uuid IN ({', '.join('?' * len(chunk))})",
             (False, *chunk),
         )
-        for feedback_id, card_uuid, service_id, issuer, accepted in rows:
-            record, card = by_uuid[card_uuid]
-            if service_id != record["service_id"] or issuer != record["issuer"]:
+        for feedback_id, service_id, issuer, accepted, call_id, card_service, card_issuer, *card in rows:
+            if call_id not in call_ids:
+                continue  # the card was stored before this batch: its own insert decided then
+            if service_id != card_service or issuer != card_issuer:
                 continue  # feedback from another client stays unknown, as FeedbackStore.save decides
+            rule_id, rule_version, offered = card
             accepted_list = orjson.loads(accepted) if isinstance(accepted, str | bytes) else accepted
-            unknown = [s for s in accepted_list if s not in card["suggestions"]]
+            offered_list = orjson.loads(offered) if isinstance(offered, str | bytes) else offered
+            unknown = [s for s in accepted_list if s not in offered_list]
             tx.execute(
                 "UPDATE feedback SET known_card = ?, rule_id = ?, rule_version = ?, unknown_suggestions = ?"
                 " WHERE id = ?",
-                (True, card["rule"], card["version"], _json(unknown), feedback_id),
+                (True, rule_id, rule_version, _json(unknown), feedback_id),
             )
 
 
@@ -208,7 +213,7 @@ class AuditTrail:
         """Store spooled records in one transaction; returns how many were new (not replays)."""
         new = 0
         cards: list[tuple[Any, ...]] = []
-        issued: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        call_ids: set[int] = set()
         with self.db.transaction() as tx:
             for record in records:
                 if not well_formed(record):
@@ -218,6 +223,7 @@ class AuditTrail:
                 if call_id is None:
                     continue  # already stored: a record replayed after a crash between insert and truncate
                 new += 1
+                call_ids.add(call_id)
                 for card in record["cards"]:
                     cards.append(
                         (
@@ -232,7 +238,6 @@ class AuditTrail:
                             record["at"],
                         )
                     )
-                    issued.append((record, card))
             if cards:
                 # One statement for the batch's cards. A uuid is issued once; ON CONFLICT keeps a
                 # (never expected) repeat from failing the batch.
@@ -242,7 +247,7 @@ class AuditTrail:
                     " ON CONFLICT (card_uuid) DO NOTHING",
                     cards,
                 )
-                _attribute_early_feedback(tx, issued)
+                _attribute_early_feedback(tx, list(dict.fromkeys(c[0] for c in cards)), call_ids)
         return new
 
     def _insert_call(self, tx: Tx, record: dict[str, Any]) -> int | None:
