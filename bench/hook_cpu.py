@@ -43,7 +43,6 @@ def main() -> None:
     app = create_app({"TESTING": True, "TODAY": "2026-11-22", "RATE_LIMIT_PER_MINUTE": 10**9})
     client = app.test_client()
     memo = app.extensions["evaluator"].validator.memo
-
     for scenario in _scenarios():
         if "ES384" in scenario.name or "every resource new" in scenario.name or scenario.path != HOOK:
             continue

@@ -44,28 +44,12 @@ class Condition(Protocol):
     def check(self) -> Check:
         """The condition as a function of the facts: truth value and the evidence that decided it."""
 
-    def evaluate(self, facts: PatientFacts) -> Result:
-        """Truth value and the evidence that decided it."""
-
     def fact_names(self) -> set[str]:
         """Every fact this condition reads (for the catalogue and validation)."""
 
 
-class _Node:
-    """Evaluation through the compiled check."""
-
-    @property
-    def check(self) -> Check:
-        """The compiled logic (each node type defines it)."""
-        raise NotImplementedError
-
-    def evaluate(self, facts: PatientFacts) -> Result:
-        """Truth value and the evidence that decided it."""
-        return self.check(facts)
-
-
 @dataclass(frozen=True)
-class IsTrue(_Node):
+class IsTrue:
     """A boolean fact is true (bare fact name in a rule)."""
 
     name: str
@@ -100,7 +84,7 @@ def _equals(value: Any, operand: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class Compare(_Node):
+class Compare:
     """A number, choice or multi-choice fact compared with a constant."""
 
     name: str
@@ -167,7 +151,7 @@ _LAB_MATCHES: dict[str, Callable[[LabResult, str], bool | None]] = {
 
 
 @dataclass(frozen=True)
-class LabIs(_Node):
+class LabIs:
     """The latest result of an analyte is low, high, abnormal, past a named grade, or absent."""
 
     analyte: str
@@ -201,7 +185,7 @@ class LabIs(_Node):
 
 
 @dataclass(frozen=True)
-class LabCompare(_Node):
+class LabCompare:
     """The latest result of an analyte compared with a number in the analyte's canonical unit."""
 
     analyte: str
@@ -227,7 +211,7 @@ class LabCompare(_Node):
 
 
 @dataclass(frozen=True)
-class Not(_Node):
+class Not:
     """Known to be false (unknown stays unknown)."""
 
     inner: Condition
@@ -260,7 +244,7 @@ def lab_states(condition: Any) -> set[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
-class All(_Node):
+class All:
     """Every part is true (false as soon as one is false; otherwise unknown)."""
 
     parts: tuple[Condition, ...]
@@ -291,7 +275,7 @@ class All(_Node):
 
 
 @dataclass(frozen=True)
-class AnyOf(_Node):
+class AnyOf:
     """At least one part is true (false only when every part is known false)."""
 
     parts: tuple[Condition, ...]
@@ -328,7 +312,7 @@ class AnyOf(_Node):
 
 
 @dataclass(frozen=True)
-class CountOf(_Node):
+class CountOf:
     """At least N of the parts are true (the card lists which ones counted)."""
 
     parts: tuple[Condition, ...]
@@ -363,7 +347,7 @@ class CountOf(_Node):
 
 
 @dataclass(frozen=True)
-class Unanswered(_Node):
+class Unanswered:
     """At least one of the named facts is unknown (used to prompt for missing answers)."""
 
     names: tuple[str, ...]

@@ -67,8 +67,9 @@ class Range:
     high: float | None
 
 
+_UNSEEN: Any = object()  # a spelling not yet in an analyte's unit-factor memo
+
 # The four numeric tests a rule or a grade may name, shared by every comparison in the rules.
-_UNSEEN: Any = object()
 NUMERIC_TESTS: dict[str, Callable[[float, float], bool]] = {
     "above": operator.gt,
     "below": operator.lt,

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from service.ids import new_hex
-from service.store.db import Database, Tx
+from service.store.db import Database, Tx, json_value
 
 log = logging.getLogger("twitch_cds.audit")
 DEV_SECRET_FILE = "patient-hash.key"  # noqa: S105 - a file name, not a secret
@@ -145,9 +145,8 @@ def _attribute_early_feedback(tx: Tx, uuids: list[str], call_ids: set[int]) -> N
             if service_id != card_service or issuer != card_issuer:
                 continue  # feedback from another client stays unknown, as FeedbackStore.save decides
             rule_id, rule_version, offered = card
-            accepted_list = orjson.loads(accepted) if isinstance(accepted, str | bytes) else accepted
-            offered_list = orjson.loads(offered) if isinstance(offered, str | bytes) else offered
-            unknown = [s for s in accepted_list if s not in offered_list]
+            offered_list = json_value(offered)
+            unknown = [s for s in json_value(accepted) if s not in offered_list]
             tx.execute(
                 "UPDATE feedback SET known_card = ?, rule_id = ?, rule_version = ?, unknown_suggestions = ?"
                 " WHERE id = ?",
@@ -213,6 +212,7 @@ class AuditTrail:
         """Store spooled records in one transaction; returns how many were new (not replays)."""
         new = 0
         cards: list[tuple[Any, ...]] = []
+        uuids: dict[str, None] = {}  # the batch's card uuids, in order, once each
         call_ids: set[int] = set()
         with self.db.transaction() as tx:
             for record in records:
@@ -225,6 +225,7 @@ class AuditTrail:
                 new += 1
                 call_ids.add(call_id)
                 for card in record["cards"]:
+                    uuids[card["uuid"]] = None
                     cards.append(
                         (
                             card["uuid"],
@@ -247,7 +248,7 @@ class AuditTrail:
                     " ON CONFLICT (card_uuid) DO NOTHING",
                     cards,
                 )
-                _attribute_early_feedback(tx, list(dict.fromkeys(c[0] for c in cards)), call_ids)
+                _attribute_early_feedback(tx, list(uuids), call_ids)
         return new
 
     def _insert_call(self, tx: Tx, record: dict[str, Any]) -> int | None:
@@ -287,8 +288,7 @@ class AuditTrail:
         for row in rows:
             record = dict(zip(_CALL_COLUMNS, row, strict=True))
             for key in ("rules", "cards"):
-                if isinstance(record[key], str):
-                    record[key] = orjson.loads(record[key])
+                record[key] = json_value(record[key])
             record["received_at"] = str(record["received_at"])
             out.append(record)
         return out

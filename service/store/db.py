@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -99,6 +100,11 @@ class Cursor(Protocol):
         ...
 
 
+def json_value(value: Any) -> Any:
+    """A JSON column's value: JSONB comes back parsed from PostgreSQL, TEXT as a string from SQLite."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
 class Tx:
     """Statements inside one transaction; SQL is written with `?` placeholders for both dialects."""
 
@@ -106,20 +112,23 @@ class Tx:
         self._conn = conn
         self.dialect = dialect
 
+    def _sql(self, sql: str) -> str:
+        # The stores' SQL holds no literal question marks.
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run one statement."""
-        if self.dialect == "postgresql":
-            sql = sql.replace("?", "%s")  # the stores' SQL holds no literal question marks
-        cursor: Cursor = self._conn.execute(sql, tuple(params))
+        cursor: Cursor = self._conn.execute(self._sql(sql), tuple(params))
         return cursor
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement for each row of parameters (one call into the driver)."""
+        params = [tuple(r) for r in rows]
         if self.dialect == "postgresql":
             with self._conn.cursor() as cursor:
-                cursor.executemany(sql.replace("?", "%s"), [tuple(r) for r in rows])
+                cursor.executemany(self._sql(sql), params)
         else:
-            self._conn.executemany(sql, [tuple(r) for r in rows])
+            self._conn.executemany(sql, params)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a query and return every row as a tuple."""

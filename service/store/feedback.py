@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from service.store.db import Database, Tx
+from service.store.db import Database, Tx, json_value
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,6 @@ class SaveResult:
     stored: int
     duplicates: int
     unknown_cards: int
-
-
-def _loads(value: Any) -> Any:
-    # JSONB comes back parsed from PostgreSQL, TEXT comes back as a string from SQLite.
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 def _json(value: Any) -> str:
@@ -69,7 +64,7 @@ class FeedbackStore:
         if not rows:
             return None
         rule_id, version, suggestions, issuer = rows[0]
-        return str(rule_id), str(version), list(_loads(suggestions)), issuer
+        return str(rule_id), str(version), list(json_value(suggestions)), issuer
 
     def save(
         self,
@@ -149,7 +144,7 @@ class FeedbackStore:
             counts[outcome] += 1
             if outcome != "overridden":
                 continue
-            codings = _loads(override_reasons) or [{"display": "no reason given"}]
+            codings = json_value(override_reasons) or [{"display": "no reason given"}]
             for coding in codings:
                 key = (coding.get("system", ""), coding.get("code", ""))
                 reason = reasons[(rule_id, version)].setdefault(
