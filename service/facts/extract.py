@@ -10,7 +10,15 @@ from typing import Any
 
 from service.engine.reference import Measurement, Questionnaire, ReferenceData
 from service.errors import Issue, echo
-from service.facts.labs import LAB_STATUSES, Component, LabReader, Unusable, effective_date
+from service.facts.labs import (
+    LAB_STATUSES,
+    RETRACTED_STATUSES,
+    Component,
+    LabReader,
+    Unusable,
+    effective_date,
+    unit_spelling,
+)
 from service.facts.memo import ResourceMemo
 from service.facts.model import Evidence, ExistingOrder, Fact, FactValue, LabResult, PatientFacts
 from service.fhir.dates import fhir_date
@@ -22,6 +30,8 @@ INACTIVE_CONDITION = frozenset({"inactive", "remission", "resolved"})
 UNCONFIRMED = frozenset({"refuted", "entered-in-error"})
 OBS_FINDING_STATUSES = frozenset({"preliminary", "final", "amended", "corrected"})
 ACTIVE_MEDICATION_STATUSES = frozenset({"active"})
+# A coded measurement's fact, value and evidence, or the fact and why the Observation was not used.
+Measured = tuple[str, FactValue, Evidence] | tuple[str, Issue]
 
 
 def _ref(resource: Any) -> str:
@@ -274,13 +284,15 @@ class FactExtractor:
     def _read_labs(self, intake: Intake, facts: PatientFacts, builder: FactBuilder, sex: str | None) -> None:
         latest: dict[str, LabResult] = {}
         unusable: list[Unusable] = []
+        unread: list[tuple[str, Issue]] = []  # measurements that could not be used, by fact
         for obs, path in intake.observations:
             # The same (memoised) object on the next call is not read again.
             key = (path, sex, facts.today)
             measured, reads = self.memo.read(obs, "observation", key, self._read_observation, obs, *key)
-            if measured is not None:
+            if measured is not None and isinstance(measured[1], Issue):
+                unread.append((measured[0], measured[1]))
+            elif measured is not None:
                 builder.add(*measured)
-                continue
             for read in reads:
                 if isinstance(read, Unusable):
                     unusable.append(read)
@@ -302,6 +314,9 @@ class FactExtractor:
                         code="incomplete",
                     )
                 )
+        # A measurement that cannot be used matters unless the fact is known from another source
+        # (the answer, or another Observation).
+        facts.problems.extend(issue for fact, issue in unread if not builder.has(fact))
         # A result that cannot be used matters unless a usable one of the same analyte is newer.
         for item in unusable:
             newest = latest.get(item.analyte)
@@ -317,11 +332,11 @@ class FactExtractor:
 
     def _read_observation(
         self, obs: Any, path: str, sex: str | None, today: date
-    ) -> tuple[tuple[str, FactValue, Evidence] | None, tuple[LabResult | Unusable | None, ...]]:
-        """A measurement's fact, or the lab results (and unusable ones) one Observation holds."""
+    ) -> tuple[Measured | None, tuple[LabResult | Unusable | None, ...]]:
+        """A measurement's fact (or why not), or the lab results (and unusable ones) one Observation holds."""
         measurement = next((self.measurements[k] for k in _codes(obs.code) if k in self.measurements), None)
         if measurement is not None:
-            return self._read_measurement(obs, measurement), ()
+            return self._read_measurement(obs, path, measurement), ()
         hit = self.labs.analyte(obs)  # once per Observation: read() is handed it
         reads: list[LabResult | Unusable | None] = []
         # A panel (e.g. a basic metabolic panel) carries its results in components: each
@@ -367,18 +382,32 @@ class FactExtractor:
         keys = [*_codes(obs.code), *_codes(obs.valueCodeableConcept)]
         return any(key in self.finding_facts for key in keys)
 
-    def _read_measurement(self, obs: Any, measurement: Measurement) -> tuple[str, FactValue, Evidence] | None:
+    def _read_measurement(self, obs: Any, path: str, measurement: Measurement) -> Measured | None:
+        """The fact a coded measurement gives; (fact, why not) when it cannot be used; None if retracted."""
+        spec = self.questionnaire.items[measurement.fact]
+        label = measurement.code.display or spec.label
+
+        def unread(reason: str, where: str, code: str = "incomplete") -> tuple[str, Issue]:
+            issue = Issue(f"{label}: {reason}; not used", where, severity="warning", code=code)
+            return measurement.fact, issue
+
+        if obs.status in RETRACTED_STATUSES:
+            return None
+        if obs.status not in LAB_STATUSES:
+            return unread(f"status {obs.status!r} is not a final result", f"{path}.status")
         quantity = obs.valueQuantity
-        if obs.status not in LAB_STATUSES or quantity is None or quantity.value is None:
-            return None
-        factor = measurement.unit_factors.get(quantity.code or quantity.unit or "")
+        if quantity is None or quantity.value is None:
+            return unread("no numeric value", f"{path}.valueQuantity")
+        spelled = unit_spelling(quantity)
+        factor = measurement.unit_factors.get(spelled)
         if factor is None:
-            return None
+            accepted = ", ".join(measurement.unit_factors)
+            where = f"{path}.valueQuantity.code" if quantity.code else f"{path}.valueQuantity.unit"
+            return unread(f"unit {spelled[:40]!r} is not one of {accepted}", where, "code-invalid")
         value = float(quantity.value) * factor
         when = effective_date(obs)
-        spec = self.questionnaire.items[measurement.fact]
         evidence = Evidence(
-            measurement.code.display or spec.label,
+            label,
             f"{_fmt_number(round(value, 2))} {measurement.unit}",
             _ref(obs),
             when.isoformat() if when else None,
