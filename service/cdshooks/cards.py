@@ -9,7 +9,7 @@ from service.engine.evaluate import Firing, PlannedSuggestion
 from service.engine.reference import ICD10CM, SNOMED, Coding, Orderable, ReferenceData
 from service.errors import Issue
 from service.facts.model import PatientFacts, md_escape
-from service.ids import new_uuid_text
+from service.ids import new_ordered_uuid_text, new_uuid_text
 
 CATEGORY_CODINGS = {
     # FHIR R4 example value set http://hl7.org/fhir/ValueSet/servicerequest-category
@@ -142,7 +142,7 @@ class CardRenderer:
         if url:
             source["url"] = url
         card: dict[str, Any] = {
-            "uuid": new_uuid_text(),
+            "uuid": new_ordered_uuid_text(),  # the audit trail's index key: time-ordered
             "summary": firing.summary,
             "indicator": firing.indicator,
             "detail": self._detail(firing, facts),
@@ -170,7 +170,7 @@ class CardRenderer:
         count = len(problems)
         plural = "s" if count != 1 else ""
         return {
-            "uuid": new_uuid_text(),
+            "uuid": new_ordered_uuid_text(),  # the audit trail's index key: time-ordered
             "summary": f"{count} record item{plural} could not be used: cards may be incomplete",
             "indicator": "warning",
             "detail": "\n".join(lines),

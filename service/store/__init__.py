@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from flask import Flask, Response, current_app, g, request
 
-from service.ids import new_hex
+from service.ids import new_ordered_hex
 from service.store.audit import AuditTrail, HookCall, PatientHasher, call_record, dev_secret, issued_cards
 from service.store.db import Database
 from service.store.feedback import FeedbackStore
@@ -83,7 +83,7 @@ def _audit(found: Stores, response: Response) -> Response:
         return response
     # A local append, never the database: a stalled database must not hold the answer. A full
     # spool refuses the record (counted, logged) and the answer still goes out.
-    found.spool.append(call_record(_hook_call(found, response), new_hex()))
+    found.spool.append(call_record(_hook_call(found, response), new_ordered_hex()))
     return response
 
 

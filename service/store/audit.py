@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from service.ids import new_hex
+from service.ids import new_ordered_hex
 from service.store.db import Database, Tx, json_value
 
 log = logging.getLogger("twitch_cds.audit")
@@ -206,7 +206,7 @@ class AuditTrail:
 
     def record(self, call: HookCall) -> None:
         """Store one hook call and the cards it issued, now (the request path uses the spool)."""
-        self.insert([call_record(call, new_hex())])
+        self.insert([call_record(call, new_ordered_hex())])
 
     def insert(self, records: list[dict[str, Any]]) -> int:
         """Store spooled records in one transaction; returns how many were new (not replays)."""
