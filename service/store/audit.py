@@ -115,6 +115,10 @@ _CALL_COLUMNS = (
 _LATEST_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM hook_call ORDER BY id DESC LIMIT ?"  # noqa: S608
 
 
+# Records per hook_call INSERT: 15 parameters each stays under 999, the limit of SQLite before 3.32.
+CALL_ROWS = 64
+_CALL_ROW = "(" + ", ".join("?" * 15) + ")"
+_CARD_COLUMN_KEYS = ("uuid", "rule", "version", "suggestions")  # what hook_call.cards keeps of each card
 EARLY_FEEDBACK_CHUNK = 500  # card uuids per lookup (SQLite allows 32,766 parameters a statement)
 
 
@@ -210,20 +214,23 @@ class AuditTrail:
 
     def insert(self, records: list[dict[str, Any]]) -> int:
         """Store spooled records in one transaction; returns how many were new (not replays)."""
-        new = 0
+        batch: dict[str, dict[str, Any]] = {}  # by call key, the first of a key only
+        for record in records:
+            if not well_formed(record):
+                log.error("audit record %s is malformed; skipped", str(record.get("key"))[:40])
+                continue
+            batch.setdefault(record["key"], record)
+        if not batch:
+            return 0
         cards: list[tuple[Any, ...]] = []
         uuids: dict[str, None] = {}  # the batch's card uuids, in order, once each
-        call_ids: set[int] = set()
         with self.db.transaction() as tx:
-            for record in records:
-                if not well_formed(record):
-                    log.error("audit record %s is malformed; skipped", str(record.get("key"))[:40])
-                    continue
-                call_id = self._insert_call(tx, record)
+            # Keys already stored are records replayed after a crash between insert and truncate.
+            call_ids = self._insert_calls(tx, list(batch.values()))
+            for key, record in batch.items():
+                call_id = call_ids.get(key)
                 if call_id is None:
-                    continue  # already stored: a record replayed after a crash between insert and truncate
-                new += 1
-                call_ids.add(call_id)
+                    continue
                 for card in record["cards"]:
                     uuids[card["uuid"]] = None
                     cards.append(
@@ -248,37 +255,47 @@ class AuditTrail:
                     " ON CONFLICT (card_uuid) DO NOTHING",
                     cards,
                 )
-                _attribute_early_feedback(tx, list(uuids), call_ids)
-        return new
+                _attribute_early_feedback(tx, list(uuids), set(call_ids.values()))
+        return len(call_ids)
 
-    def _insert_call(self, tx: Tx, record: dict[str, Any]) -> int | None:
-        """The new call's row id, or None when its key is already stored."""
-        row = tx.execute(
-            "INSERT INTO hook_call (call_key, received_at, request_id, service_id, hook, hook_instance,"
-            " issuer, subject, tenant, jti, patient_hash, status, latency_ms, rules, cards)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (call_key) DO NOTHING RETURNING id",
-            (
-                record["key"],
-                record["at"],
-                record["request_id"],
-                record["service_id"],
-                record["hook"],
-                record["hook_instance"],
-                record["issuer"],
-                record["subject"],
-                record["tenant"],
-                record["jti"],
-                record["patient_hash"],
-                record["status"],
-                record["latency_ms"],
-                _json(record["rules"]),
-                _json(
-                    [{k: c[k] for k in ("uuid", "rule", "version", "suggestions")} for c in record["cards"]]
-                ),
-            ),
-        ).fetchone()
-        return None if row is None else int(row[0])
+    @staticmethod
+    def _insert_calls(tx: Tx, records: list[dict[str, Any]]) -> dict[str, int]:
+        """The new calls' row ids by call key (a key already stored is not among them).
+
+        One multi-row INSERT per CALL_ROWS records: a statement a row was half the writer's time.
+        RETURNING names each row's key, since neither database promises the rows' order.
+        """
+        ids: dict[str, int] = {}
+        for first in range(0, len(records), CALL_ROWS):
+            chunk = records[first : first + CALL_ROWS]
+            values = ", ".join([_CALL_ROW] * len(chunk))
+            params: list[Any] = []
+            for record in chunk:
+                params += (
+                    record["key"],
+                    record["at"],
+                    record["request_id"],
+                    record["service_id"],
+                    record["hook"],
+                    record["hook_instance"],
+                    record["issuer"],
+                    record["subject"],
+                    record["tenant"],
+                    record["jti"],
+                    record["patient_hash"],
+                    record["status"],
+                    record["latency_ms"],
+                    _json(record["rules"]),
+                    _json([{k: c[k] for k in _CARD_COLUMN_KEYS} for c in record["cards"]]),
+                )
+            rows = tx.rows(
+                "INSERT INTO hook_call (call_key, received_at, request_id, service_id, hook, hook_instance,"  # noqa: S608
+                " issuer, subject, tenant, jti, patient_hash, status, latency_ms, rules, cards)"
+                f" VALUES {values} ON CONFLICT (call_key) DO NOTHING RETURNING call_key, id",
+                params,
+            )
+            ids.update((str(key), int(call_id)) for key, call_id in rows)
+        return ids
 
     def calls(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest hook calls, newest first (for tests and operators)."""

@@ -77,6 +77,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE UNIQUE INDEX hook_call_call_key ON hook_call (call_key)",
         ),
     ),
+    (
+        3,
+        "hook_call.patient_hash loses its index: no query of the service reads it, and as a keyed hash"
+        " (random by design) it dirtied a random index page with every record stored",
+        ("DROP INDEX IF EXISTS hook_call_patient_hash",),
+    ),
 )
 
 _CREATE_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
