@@ -16,18 +16,19 @@ from service.store.migrations import MIGRATIONS
 from tests.trust.test_early_feedback import _record, db  # noqa: F401 (db is the fixture)
 
 
-def _stored(database: Database) -> dict[str, tuple[str, list[str]]]:
+def _stored(database: Database) -> dict[str, tuple[str, str]]:
     """Each stored card's uuid: the call key and request id of the row it is filed under."""
     with database.transaction() as tx:
         rows = tx.rows(
-            "SELECT c.card_uuid, h.call_key, h.request_id FROM issued_card c JOIN hook_call h ON h.id = c.call_id"
+            "SELECT c.card_uuid, h.call_key, h.request_id"
+            " FROM issued_card c JOIN hook_call h ON h.id = c.call_id"
         )
     return {uuid: (key, request_id) for uuid, key, request_id in rows}
 
 
 def _count(database: Database, table: str) -> int:
     with database.transaction() as tx:
-        return int(tx.rows(f"SELECT COUNT(*) FROM {table}")[0][0])  # noqa: S608 (a fixed table name)
+        return int(tx.rows(f"SELECT COUNT(*) FROM {table}")[0][0])
 
 
 def _batch(keys: list[str]) -> list[dict[str, Any]]:
