@@ -53,7 +53,7 @@ def new_uuid_text() -> str:
 
 
 def new_hex() -> str:
-    """A random UUID as 32 hex digits (request ids, audit keys)."""
+    """A random UUID as 32 hex digits (request ids)."""
     return new_uuid().hex
 
 

@@ -31,6 +31,8 @@ def test_the_version_7_layout_matches_rfc_9562s_example() -> None:
     assert str(made) == "017f22e2-79b0-7cc3-98c4-dc0c0c07398f"
     assert made.version == 7
     assert made.variant == uuid.RFC_4122
+    # All ones: the version and variant bits must be masked in, not only or-ed.
+    assert str(_version_7(0xFFFFFFFFFFFF, b"\xff" * 10)) == "ffffffff-ffff-7fff-bfff-ffffffffffff"
 
 
 def test_ordered_ids_carry_the_time_and_sort_by_it() -> None:
