@@ -68,11 +68,16 @@ def _version_7(unix_ms: int, random: bytes) -> uuid.UUID:
     return uuid.UUID(bytes=bytes(value))
 
 
+def new_ordered_uuid() -> uuid.UUID:
+    """A time-ordered (version 7) UUID from the buffered random source."""
+    return _version_7(time.time_ns() // 1_000_000, _take())
+
+
 def new_ordered_uuid_text() -> str:
-    """A time-ordered (version 7) UUID as text: for card uuids, which the audit trail indexes."""
-    return str(_version_7(time.time_ns() // 1_000_000, _take()))
+    """A time-ordered UUID as text: for card uuids, which the audit trail indexes."""
+    return str(new_ordered_uuid())
 
 
 def new_ordered_hex() -> str:
-    """A time-ordered (version 7) UUID as 32 hex digits: for the audit trail's call keys."""
-    return _version_7(time.time_ns() // 1_000_000, _take()).hex
+    """A time-ordered UUID as 32 hex digits: for the audit trail's call keys."""
+    return new_ordered_uuid().hex

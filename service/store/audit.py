@@ -117,7 +117,8 @@ _LATEST_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM hook_call ORDER BY id D
 
 # Records per hook_call INSERT: 15 parameters each, 960 a statement, far under either database's limit.
 CALL_ROWS = 64
-_CALL_ROW = "(" + ", ".join("?" * 15) + ")"
+_INSERT_COLUMNS = ("call_key", *_CALL_COLUMNS)
+_CALL_ROW = "(" + ", ".join("?" * len(_INSERT_COLUMNS)) + ")"
 _CARD_COLUMN_KEYS = ("uuid", "rule", "version", "suggestions")  # what hook_call.cards keeps of each card
 EARLY_FEEDBACK_CHUNK = 500  # card uuids per lookup (SQLite allows 32,766 parameters a statement)
 
@@ -225,12 +226,10 @@ class AuditTrail:
                 log.error("audit record %s is malformed; skipped", str(record.get("key"))[:40])
                 continue
             batch.setdefault(record["key"], record)
-        if not batch:
-            # Nothing to store, but the writer reads a return as "the database answered": so it must.
-            with self.db.transaction():
-                return 0
         cards: list[tuple[Any, ...]] = []
         uuids: dict[str, None] = {}  # the batch's card uuids, in order, once each
+        # Opened even for a batch of only malformed records: the writer reads a return as "the
+        # database answered".
         with self.db.transaction() as tx:
             # Keys already stored are records replayed after a crash between insert and truncate.
             call_ids = self._insert_calls(tx, list(batch.values()))
@@ -296,8 +295,7 @@ class AuditTrail:
                     _json([{k: c[k] for k in _CARD_COLUMN_KEYS} for c in record["cards"]]),
                 )
             rows = tx.rows(
-                "INSERT INTO hook_call (call_key, received_at, request_id, service_id, hook, hook_instance,"  # noqa: S608
-                " issuer, subject, tenant, jti, patient_hash, status, latency_ms, rules, cards)"
+                f"INSERT INTO hook_call ({', '.join(_INSERT_COLUMNS)})"  # noqa: S608
                 f" VALUES {values} ON CONFLICT (call_key) DO NOTHING RETURNING call_key, id",
                 params,
             )
